@@ -1,0 +1,16 @@
+// Compute on the host's CPU through LibTorch. Also what libvb runs for its local target, so
+// a call gives the same answer wherever the router sends it.
+#pragma once
+
+#include "backends/backend.h"
+
+namespace vb::backends {
+
+class CpuBackend final : public Backend {
+ public:
+  std::vector<DeviceDescription> devices() const override;
+  absl::StatusOr<at::Tensor> linear_forward(const LinearForwardArgs& args) override;
+  absl::StatusOr<LinearGrads> linear_backward(const LinearBackwardArgs& args) override;
+};
+
+}  // namespace vb::backends

@@ -1,0 +1,70 @@
+#include "client/daemon_target.h"
+
+#include "common/status_macros.h"
+
+namespace vb {
+namespace {
+
+// Old versions of trained weights accumulate in the set; past this many it starts afresh,
+// which costs at most one early-answered upload per weight.
+constexpr size_t kMaxRememberedDigests = 16384;
+
+}  // namespace
+
+DaemonTarget::DaemonTarget(const std::string& address, ClientOptions options)
+    : name_("vbd://" + grpc_target_of(address)), client_(address, options) {}
+
+absl::Status DaemonTarget::ensure_uploaded(const WeightRef& weight, TransferCount* transfer) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (held_.count(weight.digest)) return absl::OkStatus();
+  }
+  VB_RETURN_IF_ERROR(client_.upload_weight(weight, transfer).status());
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (held_.size() >= kMaxRememberedDigests) held_.clear();
+  held_.insert(weight.digest);
+  return absl::OkStatus();
+}
+
+void DaemonTarget::forget(const std::string& digest) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  held_.erase(digest);
+}
+
+void DaemonTarget::forget_all() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  held_.clear();
+}
+
+template <typename T, typename Fn>
+absl::StatusOr<T> DaemonTarget::with_weight(const WeightRef& weight, TransferCount* transfer,
+                                            Fn&& call) {
+  absl::Status uploaded = ensure_uploaded(weight, transfer);
+  absl::StatusOr<T> result = uploaded.ok() ? call() : absl::StatusOr<T>(uploaded);
+  if (absl::IsNotFound(result.status())) {
+    forget(weight.digest);
+    VB_RETURN_IF_ERROR(ensure_uploaded(weight, transfer));
+    result = call();
+  }
+  // A daemon that went away may come back empty: ask again rather than trust the set.
+  if (absl::IsUnavailable(result.status())) forget_all();
+  return result;
+}
+
+absl::StatusOr<at::Tensor> DaemonTarget::linear_forward(const LinearForwardCall& call,
+                                                        TransferCount* transfer) {
+  return with_weight<at::Tensor>(call.weight, transfer, [&] {
+    return client_.linear_forward(call.input, call.weight, call.bias, transfer);
+  });
+}
+
+absl::StatusOr<backends::LinearGrads> DaemonTarget::linear_backward(
+    const LinearBackwardCall& call, TransferCount* transfer) {
+  return with_weight<backends::LinearGrads>(call.weight, transfer, [&] {
+    return client_.linear_backward(call.grad_output, call.input, call.weight,
+                                   call.need_grad_input, call.need_grad_weight,
+                                   call.need_grad_bias, transfer);
+  });
+}
+
+}  // namespace vb

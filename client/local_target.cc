@@ -1,0 +1,31 @@
+#include "backends/cpu_backend.h"
+#include "client/target.h"
+
+namespace vb {
+namespace {
+
+backends::CpuBackend& cpu() {
+  static backends::CpuBackend backend;
+  return backend;
+}
+
+}  // namespace
+
+absl::StatusOr<at::Tensor> LocalTarget::linear_forward(const LinearForwardCall& call,
+                                                       TransferCount*) {
+  return cpu().linear_forward({call.input, call.weight.tensor, call.bias});
+}
+
+absl::StatusOr<backends::LinearGrads> LocalTarget::linear_backward(const LinearBackwardCall& call,
+                                                                   TransferCount*) {
+  backends::LinearBackwardArgs args;
+  args.grad_output = call.grad_output;
+  args.input = call.input;
+  args.weight = call.weight.tensor;
+  args.need_grad_input = call.need_grad_input;
+  args.need_grad_weight = call.need_grad_weight;
+  args.need_grad_bias = call.need_grad_bias;
+  return cpu().linear_backward(args);
+}
+
+}  // namespace vb

@@ -1,0 +1,32 @@
+// Swaps every torch::nn::Linear in a module tree for a RemoteLinear that keeps its weights.
+//
+//   auto model = torch::nn::Sequential(torch::nn::Linear(16, 64), torch::nn::ReLU(),
+//                                      torch::nn::Linear(64, 1));
+//   vb::patch_model(*model, router);  // both Linears now run through the router
+//
+// C++ has no attribute lookup to intercept: a parent calls its children through its own
+// members. So a Linear is swapped where the container calling it holds it: inside
+// torch::nn::Sequential and torch::nn::ModuleList (the container's own slot is replaced too).
+// A Linear held elsewhere, e.g. as a `torch::nn::Linear fc1` member of a custom module,
+// cannot be rebound from outside; patch_model then changes nothing at all and throws
+// c10::ValueError naming each such layer, rather than leave it silently local.
+#pragma once
+
+#include <torch/nn/module.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "client/router.h"
+
+namespace vb {
+
+struct PatchReport {
+  std::vector<std::string> replaced;  // dotted paths, e.g. "encoder.0"
+};
+
+PatchReport patch_model(torch::nn::Module& module,
+                        std::shared_ptr<Router> router = Router::default_router());
+
+}  // namespace vb

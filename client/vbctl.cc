@@ -1,0 +1,224 @@
+// vbctl: the operator's window into a running vbd. Each verb is a Command; the base handles
+// the address, the deadline and --json, so every verb behaves the same way.
+#include <google/protobuf/util/json_util.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "client/daemon_client.h"
+#include "vb/v1/compute.pb.h"
+
+namespace {
+
+struct CommonFlags {
+  std::string address = "127.0.0.1:50551";
+  double timeout_s = 10;
+  bool json = false;
+};
+
+std::string human_bytes(uint64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double value = static_cast<double>(bytes);
+  int unit = 0;
+  while (value >= 1024 && unit < 4) {
+    value /= 1024;
+    ++unit;
+  }
+  return unit == 0 ? absl::StrCat(bytes, " B") : absl::StrFormat("%.1f %s", value, units[unit]);
+}
+
+std::string to_json(const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.always_print_primitive_fields = true;
+  options.preserve_proto_field_names = true;
+  std::string out;
+  (void)google::protobuf::util::MessageToJsonString(message, &out, options);
+  return out;
+}
+
+class Command {
+ public:
+  virtual ~Command() = default;
+  virtual const char* name() const = 0;
+  virtual const char* help() const = 0;
+  // Exit code: 0 success, 1 the daemon failed or answered with an error.
+  virtual int run(vb::DaemonClient& client, const CommonFlags& flags) = 0;
+
+ protected:
+  static int fail(const vb::DaemonClient& client, const absl::Status& status) {
+    std::fprintf(stderr, "vbctl: %s: %s\n", client.address().c_str(), status.ToString().c_str());
+    return 1;
+  }
+};
+
+class InfoCommand final : public Command {
+ public:
+  const char* name() const override { return "info"; }
+  const char* help() const override { return "version, devices, limits and weight store"; }
+  int run(vb::DaemonClient& client, const CommonFlags& flags) override {
+    absl::StatusOr<vb::v1::GetInfoResponse> info = client.get_info();
+    if (!info.ok()) return fail(client, info.status());
+    if (flags.json) {
+      std::cout << to_json(*info);
+      return 0;
+    }
+    std::cout << "vbd " << info->version() << " at " << client.address() << " (LibTorch "
+              << info->torch_version() << ")\n\ndevices:\n";
+    for (const vb::v1::DeviceInfo& d : info->devices()) {
+      std::cout << absl::StrFormat("  %s:%d  %s  memory %s total, %s free\n", d.kind(), d.index(),
+                                   d.name(), human_bytes(d.total_memory_bytes()),
+                                   human_bytes(d.free_memory_bytes()));
+    }
+    const vb::v1::Limits& l = info->limits();
+    std::cout << absl::StrFormat(
+        "\nlimits: %d worker(s), queue %d, max request %s, max chunk %s\n", l.workers(),
+        l.max_queue(), human_bytes(l.max_request_bytes()), human_bytes(l.max_chunk_bytes()));
+    const vb::v1::WeightStoreInfo& w = info->weight_store();
+    std::cout << absl::StrFormat("weight store: %s of %s in %d weight(s)\n",
+                                 human_bytes(w.used_bytes()), human_bytes(w.capacity_bytes()),
+                                 w.entries());
+    std::cout << "dtypes:";
+    for (int dtype : info->dtypes()) {
+      std::cout << " " << vb::v1::DType_Name(static_cast<vb::v1::DType>(dtype));
+    }
+    std::cout << "\n";
+    return 0;
+  }
+};
+
+class StatsCommand final : public Command {
+ public:
+  const char* name() const override { return "stats"; }
+  const char* help() const override { return "calls, failures, bytes and latency per op"; }
+  int run(vb::DaemonClient& client, const CommonFlags& flags) override {
+    absl::StatusOr<vb::v1::GetStatsResponse> stats = client.get_stats();
+    if (!stats.ok()) return fail(client, stats.status());
+    if (flags.json) {
+      std::cout << to_json(*stats);
+      return 0;
+    }
+    std::cout << absl::StrFormat("vbd at %s, up %.0f s\n\n", client.address(), stats->uptime_s());
+    std::cout << absl::StrFormat("%-15s %8s %7s %11s %11s %9s %9s %9s %9s\n", "op", "calls",
+                                 "failed", "bytes in", "bytes out", "p50 ms", "p99 ms",
+                                 "queue p50", "comp p50");
+    for (const vb::v1::OpStats& op : stats->ops()) {
+      std::cout << absl::StrFormat("%-15s %8d %7d %11s %11s %9.3f %9.3f %9.3f %9.3f\n", op.op(),
+                                   op.calls(), op.failures(), human_bytes(op.bytes_in()),
+                                   human_bytes(op.bytes_out()), op.latency_p50_ms(),
+                                   op.latency_p99_ms(), op.queue_p50_ms(), op.compute_p50_ms());
+    }
+    bool any_failure = false;
+    for (const vb::v1::OpStats& op : stats->ops()) {
+      for (const vb::v1::StatusCount& s : op.statuses()) {
+        if (s.code() == "OK") continue;
+        if (!any_failure) std::cout << "\nfailures by status:\n";
+        any_failure = true;
+        std::cout << absl::StrFormat("  %-15s %-20s %d\n", op.op(), s.code(), s.count());
+      }
+    }
+    const vb::v1::QueueStats& q = stats->queue();
+    std::cout << absl::StrFormat(
+        "\nqueue: %d running on %d worker(s), %d waiting of %d, %d rejected; %d call(s) in "
+        "flight\n",
+        q.running(), q.workers(), q.queued(), q.max_queue(), q.rejected(), q.inflight_calls());
+    const vb::v1::WeightStoreInfo& w = stats->weight_store();
+    std::cout << absl::StrFormat("weight store: %s of %s in %d weight(s)\n",
+                                 human_bytes(w.used_bytes()), human_bytes(w.capacity_bytes()),
+                                 w.entries());
+    return 0;
+  }
+};
+
+class HealthCommand final : public Command {
+ public:
+  const char* name() const override { return "health"; }
+  const char* help() const override { return "exit 0 when the daemon is SERVING, else 1"; }
+  int run(vb::DaemonClient& client, const CommonFlags& flags) override {
+    absl::Status health = client.check_health();
+    if (flags.json) {
+      std::cout << absl::StrFormat("{\n \"address\": \"%s\",\n \"serving\": %s\n}\n",
+                                   client.address(), health.ok() ? "true" : "false");
+      return health.ok() ? 0 : 1;
+    }
+    if (!health.ok()) return fail(client, health);
+    std::cout << client.address() << ": SERVING\n";
+    return 0;
+  }
+};
+
+void usage(const std::vector<std::unique_ptr<Command>>& commands) {
+  std::cout << "usage: vbctl [--address HOST:PORT] [--timeout SECONDS] [--json] VERB\n\n"
+               "  --address   daemon to ask (default $VB_ADDRESS or 127.0.0.1:50551)\n"
+               "  --timeout   seconds to wait for the answer (default 10)\n"
+               "  --json      machine-readable output\n\nverbs:\n";
+  for (const auto& command : commands) {
+    std::cout << absl::StrFormat("  %-8s %s\n", command->name(), command->help());
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::unique_ptr<Command>> commands;
+  commands.push_back(std::make_unique<StatsCommand>());
+  commands.push_back(std::make_unique<InfoCommand>());
+  commands.push_back(std::make_unique<HealthCommand>());
+
+  CommonFlags flags;
+  if (const char* env = std::getenv("VB_ADDRESS"); env != nullptr && *env != '\0') {
+    flags.address = env;
+  }
+  std::string verb;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&](const char* flag) -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "vbctl: %s needs a value\n", flag);
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (arg == "--help" || arg == "-h") {
+      usage(commands);
+      return 0;
+    } else if (arg == "--json") {
+      flags.json = true;
+    } else if (arg == "--address") {
+      flags.address = value("--address");
+    } else if (arg == "--timeout") {
+      const std::string text = value("--timeout");
+      if (!absl::SimpleAtod(text, &flags.timeout_s) || !(flags.timeout_s > 0)) {
+        std::fprintf(stderr, "vbctl: --timeout \"%s\": expected a positive number of seconds\n",
+                     text.c_str());
+        return 2;
+      }
+    } else if (verb.empty() && arg.rfind("--", 0) != 0) {
+      verb = arg;
+    } else {
+      std::fprintf(stderr, "vbctl: unexpected argument \"%s\" (vbctl --help)\n", arg.c_str());
+      return 2;
+    }
+  }
+  for (const auto& command : commands) {
+    if (verb != command->name()) continue;
+    vb::ClientOptions options;
+    options.call_timeout = std::chrono::milliseconds(static_cast<int64_t>(flags.timeout_s * 1000));
+    vb::DaemonClient client(flags.address, options);
+    return command->run(client, flags);
+  }
+  if (verb.empty()) {
+    usage(commands);
+  } else {
+    std::fprintf(stderr, "vbctl: unknown verb \"%s\" (vbctl --help)\n", verb.c_str());
+  }
+  return 2;
+}

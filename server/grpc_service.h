@@ -1,0 +1,37 @@
+// The gRPC face of ComputeService: each handler validates and converts the request, calls the
+// service, converts the answer and the status back. No decisions are made here.
+#pragma once
+
+#include <atomic>
+
+#include "server/compute_service.h"
+#include "vb/v1/compute.grpc.pb.h"
+
+namespace vb::server {
+
+class GrpcComputeService final : public v1::Compute::Service {
+ public:
+  explicit GrpcComputeService(ComputeService* service) : service_(service) {}
+
+  grpc::Status GetInfo(grpc::ServerContext* context, const v1::GetInfoRequest* request,
+                       v1::GetInfoResponse* response) override;
+  grpc::Status UploadWeight(grpc::ServerContext* context,
+                            grpc::ServerReader<v1::UploadWeightRequest>* reader,
+                            v1::UploadWeightResponse* response) override;
+  grpc::Status QueryWeights(grpc::ServerContext* context, const v1::QueryWeightsRequest* request,
+                            v1::QueryWeightsResponse* response) override;
+  grpc::Status LinearForward(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<v1::TensorsResponse, v1::LinearForwardRequest>* stream) override;
+  grpc::Status LinearBackward(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<v1::TensorsResponse, v1::LinearBackwardRequest>* stream) override;
+  grpc::Status GetStats(grpc::ServerContext* context, const v1::GetStatsRequest* request,
+                        v1::GetStatsResponse* response) override;
+
+ private:
+  ComputeService* service_;
+  std::atomic<uint32_t> inflight_{0};
+};
+
+}  // namespace vb::server

@@ -1,0 +1,293 @@
+#include "server/options.h"
+
+#include <toml++/toml.h>
+
+#include <charconv>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/log.h"
+#include "common/status_macros.h"
+
+namespace vb::server {
+namespace {
+
+using Setter = std::function<absl::Status(ServerOptions&, absl::string_view)>;
+
+struct KeyDef {
+  OptionKey key;
+  Setter set;
+  std::function<std::string(const ServerOptions&)> get;  // as a TOML value
+};
+
+absl::Status bad_value(absl::string_view key, absl::string_view value, absl::string_view expected) {
+  return absl::InvalidArgumentError(
+      absl::StrCat(key, " = \"", value, "\": expected ", expected));
+}
+
+template <typename Int>
+Setter int_setter(Int ServerOptions::*member, int64_t min, int64_t max, std::string key) {
+  return [=](ServerOptions& o, absl::string_view value) -> absl::Status {
+    int64_t parsed = 0;
+    if (!absl::SimpleAtoi(value, &parsed) || parsed < min || parsed > max) {
+      return bad_value(key, value, absl::StrCat("an integer from ", min, " to ", max));
+    }
+    o.*member = static_cast<Int>(parsed);
+    return absl::OkStatus();
+  };
+}
+
+Setter bytes_setter(uint64_t ServerOptions::*member, std::string key) {
+  return [=](ServerOptions& o, absl::string_view value) -> absl::Status {
+    absl::StatusOr<uint64_t> parsed = parse_byte_size(value);
+    if (!parsed.ok() || *parsed == 0) {
+      return bad_value(key, value, "a positive byte size such as 1073741824, \"512MiB\" or \"4GiB\"");
+    }
+    o.*member = *parsed;
+    return absl::OkStatus();
+  };
+}
+
+const std::vector<KeyDef>& key_defs() {
+  static const std::vector<KeyDef> defs = [] {
+    std::vector<KeyDef> d;
+    d.push_back({{"server.host", "host", "address to listen on (127.0.0.1)"},
+                 [](ServerOptions& o, absl::string_view v) -> absl::Status {
+                   if (v.empty()) return bad_value("server.host", v, "an address or host name");
+                   o.host = std::string(v);
+                   return absl::OkStatus();
+                 },
+                 [](const ServerOptions& o) { return absl::StrCat("\"", o.host, "\""); }});
+    d.push_back({{"server.port", "port", "TCP port; 0 picks a free one and prints it (50551)"},
+                 int_setter(&ServerOptions::port, 0, 65535, "server.port"),
+                 [](const ServerOptions& o) { return absl::StrCat(o.port); }});
+    d.push_back({{"server.drain_timeout_s", "drain-timeout",
+                  "seconds calls in flight may take to finish after SIGTERM (30)"},
+                 [](ServerOptions& o, absl::string_view v) -> absl::Status {
+                   double parsed = 0;
+                   if (!absl::SimpleAtod(v, &parsed) || !(parsed >= 0) || parsed > 86400) {
+                     return bad_value("server.drain_timeout_s", v, "seconds from 0 to 86400");
+                   }
+                   o.drain_timeout_s = parsed;
+                   return absl::OkStatus();
+                 },
+                 [](const ServerOptions& o) { return absl::StrCat(o.drain_timeout_s); }});
+    d.push_back({{"limits.workers", "workers", "compute calls that run at once (2)"},
+                 int_setter(&ServerOptions::workers, 1, 1024, "limits.workers"),
+                 [](const ServerOptions& o) { return absl::StrCat(o.workers); }});
+    d.push_back({{"limits.max_queue", "max-queue",
+                  "compute calls that may wait; one more gets RESOURCE_EXHAUSTED (64)"},
+                 int_setter(&ServerOptions::max_queue, 0, 1 << 20, "limits.max_queue"),
+                 [](const ServerOptions& o) { return absl::StrCat(o.max_queue); }});
+    d.push_back({{"limits.max_request_bytes", "max-request-bytes",
+                  "tensor bytes one call may carry (1GiB)"},
+                 bytes_setter(&ServerOptions::max_request_bytes, "limits.max_request_bytes"),
+                 [](const ServerOptions& o) { return absl::StrCat(o.max_request_bytes); }});
+    d.push_back({{"store.capacity_bytes", "store-capacity-bytes",
+                  "bytes of weights held; least recently used go first (4GiB)"},
+                 bytes_setter(&ServerOptions::store_capacity_bytes, "store.capacity_bytes"),
+                 [](const ServerOptions& o) { return absl::StrCat(o.store_capacity_bytes); }});
+    d.push_back({{"compute.threads", "compute-threads",
+                  "LibTorch intra-op threads; 0 keeps LibTorch's default (0)"},
+                 int_setter(&ServerOptions::compute_threads, 0, 1024, "compute.threads"),
+                 [](const ServerOptions& o) { return absl::StrCat(o.compute_threads); }});
+    d.push_back({{"log.level", "log-level", "debug, info, warning or error (info)"},
+                 [](ServerOptions& o, absl::string_view v) -> absl::Status {
+                   LogLevel level;
+                   if (!parse_log_level(v, &level)) {
+                     return bad_value("log.level", v, "debug, info, warning or error");
+                   }
+                   o.log_level = std::string(v);
+                   return absl::OkStatus();
+                 },
+                 [](const ServerOptions& o) { return absl::StrCat("\"", o.log_level, "\""); }});
+    return d;
+  }();
+  return defs;
+}
+
+const KeyDef* find_by_toml(absl::string_view key) {
+  for (const KeyDef& def : key_defs()) {
+    if (def.key.toml_key == key) return &def;
+  }
+  return nullptr;
+}
+
+const KeyDef* find_by_flag(absl::string_view flag) {
+  for (const KeyDef& def : key_defs()) {
+    if (def.key.flag == flag) return &def;
+  }
+  return nullptr;
+}
+
+// A TOML scalar as the text a flag would carry.
+std::optional<std::string> scalar_text(const toml::node& node) {
+  if (auto s = node.as_string()) return s->get();
+  if (auto i = node.as_integer()) return absl::StrCat(i->get());
+  if (auto f = node.as_floating_point()) return absl::StrCat(f->get());
+  if (auto b = node.as_boolean()) return std::string(b->get() ? "true" : "false");
+  return std::nullopt;
+}
+
+absl::Status apply_table(const toml::table& table, const std::string& prefix,
+                         absl::string_view source, ServerOptions& options) {
+  for (const auto& [name, node] : table) {
+    const std::string key = prefix.empty() ? std::string(name.str())
+                                           : absl::StrCat(prefix, ".", std::string(name.str()));
+    if (const toml::table* sub = node.as_table()) {
+      VB_RETURN_IF_ERROR(apply_table(*sub, key, source, options));
+      continue;
+    }
+    const KeyDef* def = find_by_toml(key);
+    const auto where = node.source().begin;
+    const std::string location = absl::StrCat(source, ":", where.line);
+    if (def == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(location, ": unknown key ", key, " (vbd --help lists the keys)"));
+    }
+    std::optional<std::string> text = scalar_text(node);
+    if (!text) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(location, ": ", key, " must be a string or a number"));
+    }
+    absl::Status set = def->set(options, *text);
+    if (!set.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(location, ": ", set.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status apply_toml(absl::string_view text, absl::string_view source, ServerOptions& options) {
+  toml::table table;
+  try {
+    table = toml::parse(std::string_view(text.data(), text.size()),
+                        std::string_view(source.data(), source.size()));
+  } catch (const toml::parse_error& e) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ":", e.source().begin.line, ":",
+                                                   e.source().begin.column, ": ",
+                                                   std::string(e.description())));
+  }
+  return apply_table(table, "", source, options);
+}
+
+}  // namespace
+
+const std::vector<OptionKey>& option_keys() {
+  static const std::vector<OptionKey> keys = [] {
+    std::vector<OptionKey> k;
+    for (const KeyDef& def : key_defs()) k.push_back(def.key);
+    return k;
+  }();
+  return keys;
+}
+
+absl::StatusOr<uint64_t> parse_byte_size(absl::string_view text) {
+  absl::string_view digits = absl::StripAsciiWhitespace(text);
+  uint64_t multiplier = 1;
+  static const std::pair<absl::string_view, uint64_t> kSuffixes[] = {
+      {"KiB", uint64_t{1} << 10}, {"MiB", uint64_t{1} << 20}, {"GiB", uint64_t{1} << 30},
+      {"TiB", uint64_t{1} << 40}, {"B", 1}};
+  for (const auto& [suffix, factor] : kSuffixes) {
+    if (absl::EndsWith(digits, suffix)) {
+      digits = absl::StripAsciiWhitespace(digits.substr(0, digits.size() - suffix.size()));
+      multiplier = factor;
+      break;
+    }
+  }
+  uint64_t value = 0;
+  if (!absl::SimpleAtoi(digits, &value) ||
+      value > std::numeric_limits<uint64_t>::max() / multiplier) {
+    return absl::InvalidArgumentError(absl::StrCat("\"", text, "\" is not a byte size"));
+  }
+  return value * multiplier;
+}
+
+absl::StatusOr<ServerOptions> parse_server_options_toml(absl::string_view toml_text,
+                                                        absl::string_view source_name) {
+  ServerOptions options;
+  VB_RETURN_IF_ERROR(apply_toml(toml_text, source_name, options));
+  return options;
+}
+
+absl::StatusOr<ServerOptions> parse_server_options(const std::vector<std::string>& args) {
+  // Split "--key=value" and "--key value" into pairs first, so --config can be found
+  // wherever it stands and applied before the flags that override it.
+  std::vector<std::pair<std::string, std::string>> flags;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (arg.rfind("--", 0) != 0 || arg.size() == 2) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unexpected argument \"", arg, "\": options are --key value"));
+    }
+    const size_t eq = arg.find('=');
+    if (eq != std::string::npos) {
+      flags.emplace_back(arg.substr(2, eq - 2), arg.substr(eq + 1));
+    } else if (i + 1 < args.size()) {
+      flags.emplace_back(arg.substr(2), args[++i]);
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(arg, " needs a value"));
+    }
+  }
+  ServerOptions options;
+  for (const auto& [flag, value] : flags) {
+    if (flag != "config") continue;
+    std::ifstream file(value);
+    if (!file) {
+      return absl::NotFoundError(absl::StrCat("--config ", value, ": cannot open the file"));
+    }
+    std::stringstream text;
+    text << file.rdbuf();
+    VB_RETURN_IF_ERROR(apply_toml(text.str(), value, options));
+    options.config_path = value;
+  }
+  for (const auto& [flag, value] : flags) {
+    if (flag == "config") continue;
+    const KeyDef* def = find_by_flag(flag);
+    if (def == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown flag --", flag, " (vbd --help lists the flags)"));
+    }
+    absl::Status set = def->set(options, value);
+    if (!set.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--", flag, ": ", set.message()));
+    }
+  }
+  return options;
+}
+
+std::string options_usage() {
+  std::string usage =
+      "usage: vbd [--config FILE.toml] [--KEY VALUE ...]\n\n"
+      "Every key can be set in the TOML file (as shown on the right) or by its flag;\n"
+      "a flag overrides the file.\n\n";
+  for (const KeyDef& def : key_defs()) {
+    absl::StrAppendFormat(&usage, "  --%-22s %-26s %s\n", def.key.flag, def.key.toml_key,
+                          def.key.help);
+  }
+  return usage;
+}
+
+std::string options_to_toml(const ServerOptions& options) {
+  std::string out;
+  std::string section;
+  for (const KeyDef& def : key_defs()) {
+    const size_t dot = def.key.toml_key.find('.');
+    const std::string table = def.key.toml_key.substr(0, dot);
+    if (table != section) {
+      absl::StrAppend(&out, out.empty() ? "" : "\n", "[", table, "]\n");
+      section = table;
+    }
+    absl::StrAppend(&out, def.key.toml_key.substr(dot + 1), " = ", def.get(options), "\n");
+  }
+  return out;
+}
+
+}  // namespace vb::server

@@ -1,0 +1,53 @@
+// vbd's configuration: a plain struct whose defaults run on any machine, filled from an
+// optional TOML file and then from command-line flags (a flag wins over the file).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace vb::server {
+
+struct ServerOptions {
+  // [server]
+  std::string host = "127.0.0.1";
+  int port = 50551;  // 0 picks a free port; vbd prints the one it bound
+  double drain_timeout_s = 30;  // SIGTERM: how long calls in flight may take to finish
+  // [limits]
+  uint32_t workers = 2;      // compute calls running at once
+  uint32_t max_queue = 64;   // compute calls waiting; one more is RESOURCE_EXHAUSTED
+  uint64_t max_request_bytes = uint64_t{1} << 30;  // tensor bytes one call may carry
+  // [store]
+  uint64_t store_capacity_bytes = uint64_t{4} << 30;
+  // [compute]
+  int compute_threads = 0;  // LibTorch intra-op threads; 0 keeps LibTorch's choice
+  // [log]
+  std::string log_level = "info";
+  // The file the options came from, if any (not a key).
+  std::string config_path;
+};
+
+// One configurable key: its TOML path, its flag and what it means. Both sources go through
+// the same parser, so a key behaves identically wherever it is set.
+struct OptionKey {
+  std::string toml_key;  // "limits.max_queue"
+  std::string flag;      // "max-queue"
+  std::string help;
+};
+const std::vector<OptionKey>& option_keys();
+
+// Parses `--config PATH` (TOML) first, then every other flag. `--key value` and
+// `--key=value` both work. Errors name the key, the value and what was expected.
+absl::StatusOr<ServerOptions> parse_server_options(const std::vector<std::string>& args);
+absl::StatusOr<ServerOptions> parse_server_options_toml(absl::string_view toml_text,
+                                                        absl::string_view source_name);
+// "4GiB", "512MiB", "1000" -> bytes.
+absl::StatusOr<uint64_t> parse_byte_size(absl::string_view text);
+
+std::string options_usage();
+// The options in force, as TOML (for logs and `vbctl info`).
+std::string options_to_toml(const ServerOptions& options);
+
+}  // namespace vb::server
