@@ -94,17 +94,33 @@ std::string grpc_target_of(const std::string& address) {
 }
 
 DaemonClient::DaemonClient(const std::string& address, ClientOptions options)
-    : address_(address), options_(options) {
+    : address_(address), options_(options), connection_(connect()) {}
+
+std::shared_ptr<DaemonClient::Connection> DaemonClient::connect() const {
   grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
-              static_cast<int>(options_.min_reconnect_backoff.count()));
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
               static_cast<int>(options_.min_reconnect_backoff.count()));
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
               static_cast<int>(options_.max_reconnect_backoff.count()));
-  channel_ = grpc::CreateCustomChannel(grpc_target_of(address), grpc::InsecureChannelCredentials(),
-                                       args);
-  stub_ = v1::Compute::NewStub(channel_);
+  // Without it, channels to the same address share one subchannel process-wide, and a new
+  // channel would inherit the old one's backoff.
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  auto connection = std::make_shared<Connection>();
+  connection->channel = grpc::CreateCustomChannel(grpc_target_of(address_),
+                                                  grpc::InsecureChannelCredentials(), args);
+  connection->stub = v1::Compute::NewStub(connection->channel);
+  return connection;
+}
+
+std::shared_ptr<DaemonClient::Connection> DaemonClient::connection() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return connection_;
+}
+
+void DaemonClient::reconnect() {
+  std::shared_ptr<Connection> fresh = connect();
+  std::lock_guard<std::mutex> lock(mutex_);
+  connection_ = std::move(fresh);
 }
 
 std::unique_ptr<grpc::ClientContext> DaemonClient::new_context() const {
@@ -116,19 +132,19 @@ std::unique_ptr<grpc::ClientContext> DaemonClient::new_context() const {
 absl::StatusOr<v1::GetInfoResponse> DaemonClient::get_info() {
   auto context = new_context();
   v1::GetInfoResponse response;
-  VB_RETURN_IF_ERROR(wire::from_grpc(stub_->GetInfo(context.get(), {}, &response)));
+  VB_RETURN_IF_ERROR(wire::from_grpc(connection()->stub->GetInfo(context.get(), {}, &response)));
   return response;
 }
 
 absl::StatusOr<v1::GetStatsResponse> DaemonClient::get_stats() {
   auto context = new_context();
   v1::GetStatsResponse response;
-  VB_RETURN_IF_ERROR(wire::from_grpc(stub_->GetStats(context.get(), {}, &response)));
+  VB_RETURN_IF_ERROR(wire::from_grpc(connection()->stub->GetStats(context.get(), {}, &response)));
   return response;
 }
 
 absl::Status DaemonClient::check_health() {
-  auto health = grpc::health::v1::Health::NewStub(channel_);
+  auto health = grpc::health::v1::Health::NewStub(channel());
   auto context = new_context();
   grpc::health::v1::HealthCheckResponse response;
   VB_RETURN_IF_ERROR(wire::from_grpc(health->Check(context.get(), {}, &response)));
@@ -143,7 +159,8 @@ absl::StatusOr<v1::UploadWeightResponse> DaemonClient::upload_weight(const Weigh
                                                                      TransferCount* transfer) {
   auto context = new_context();
   v1::UploadWeightResponse response;
-  auto stream = stub_->UploadWeight(context.get(), &response);
+  const std::shared_ptr<Connection> connection = this->connection();
+  auto stream = connection->stub->UploadWeight(context.get(), &response);
   v1::UploadWeightRequest message;
   const char* data = static_cast<const char*>(weight.tensor.data_ptr());
   const size_t total = weight.tensor.numel() * weight.tensor.element_size();
@@ -172,7 +189,7 @@ absl::StatusOr<std::vector<bool>> DaemonClient::query_weights(
   v1::QueryWeightsRequest request;
   for (const std::string& digest : digests) request.add_digests(digest);
   v1::QueryWeightsResponse response;
-  VB_RETURN_IF_ERROR(wire::from_grpc(stub_->QueryWeights(context.get(), request, &response)));
+  VB_RETURN_IF_ERROR(wire::from_grpc(connection()->stub->QueryWeights(context.get(), request, &response)));
   if (response.present_size() != request.digests_size()) {
     return absl::InternalError(absl::StrCat("daemon answered ", response.present_size(),
                                             " of ", request.digests_size(), " digests"));
@@ -202,7 +219,8 @@ absl::StatusOr<at::Tensor> DaemonClient::linear_forward(const at::Tensor& input,
     inline_tensors.push_back(bias.contiguous());
   }
   auto context = new_context();
-  auto stream = stub_->LinearForward(context.get());
+  const std::shared_ptr<Connection> connection = this->connection();
+  auto stream = connection->stub->LinearForward(context.get());
   if (stream->Write(message)) {
     write_chunks<v1::LinearForwardRequest>(stream.get(), inline_tensors, options_.chunk_bytes,
                                            transfer);
@@ -247,7 +265,8 @@ absl::StatusOr<backends::LinearGrads> DaemonClient::linear_backward(
   if (grad_specs.grad_bias) expected.emplace_back("grad_bias", *grad_specs.grad_bias);
 
   auto context = new_context();
-  auto stream = stub_->LinearBackward(context.get());
+  const std::shared_ptr<Connection> connection = this->connection();
+  auto stream = connection->stub->LinearBackward(context.get());
   if (stream->Write(message)) {
     write_chunks<v1::LinearBackwardRequest>(stream.get(), inline_tensors, options_.chunk_bytes,
                                             transfer);

@@ -9,6 +9,7 @@
 #include <grpcpp/channel.h>
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -58,17 +59,30 @@ class DaemonClient {
                                                         bool need_grad_bias,
                                                         TransferCount* transfer);
 
+  // Replaces the channel with a new one. gRPC keeps a failed connection in backoff (the
+  // attempts after a refused connect come seconds apart, grpc/grpc#11411) and a call made
+  // meanwhile fails at once; a fresh channel, with its own subchannel, connects right away.
+  // Calls already running keep the old channel until they finish.
+  void reconnect();
+
   // The raw stub, for tests that must send what this class never would.
-  v1::Compute::Stub& stub() { return *stub_; }
-  std::shared_ptr<grpc::Channel> channel() const { return channel_; }
+  v1::Compute::Stub& stub() { return *connection()->stub; }
+  std::shared_ptr<grpc::Channel> channel() const { return connection()->channel; }
   // A context carrying the configured deadline.
   std::unique_ptr<grpc::ClientContext> new_context() const;
 
  private:
+  struct Connection {
+    std::shared_ptr<grpc::Channel> channel;
+    std::unique_ptr<v1::Compute::Stub> stub;
+  };
+  std::shared_ptr<Connection> connect() const;
+  std::shared_ptr<Connection> connection() const;
+
   std::string address_;
   ClientOptions options_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::Compute::Stub> stub_;
+  mutable std::mutex mutex_;
+  std::shared_ptr<Connection> connection_;
 };
 
 // "host:port" with any "vbd://" prefix removed, as gRPC wants it.

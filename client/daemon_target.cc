@@ -34,11 +34,19 @@ void DaemonTarget::forget(const std::string& digest) {
 void DaemonTarget::forget_all() {
   std::lock_guard<std::mutex> lock(mutex_);
   held_.clear();
+  reconnect_ = true;
 }
 
 template <typename T, typename Fn>
 absl::StatusOr<T> DaemonTarget::with_weight(const WeightRef& weight, TransferCount* transfer,
                                             Fn&& call) {
+  bool reconnect = false;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::swap(reconnect, reconnect_);
+  }
+  // This call is the breaker's probe of a daemon that went away: try a fresh connection.
+  if (reconnect) client_.reconnect();
   absl::Status uploaded = ensure_uploaded(weight, transfer);
   absl::StatusOr<T> result = uploaded.ok() ? call() : absl::StatusOr<T>(uploaded);
   if (absl::IsNotFound(result.status())) {

@@ -29,16 +29,17 @@ void raise_if_error(const absl::Status& status, const char* what) {
 class RemoteLinearFunction : public torch::autograd::Function<RemoteLinearFunction> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& input,
-                               const torch::Tensor& weight, const torch::Tensor& bias,
+                               const torch::Tensor& weight,
+                               const c10::optional<torch::Tensor>& bias,
                                std::shared_ptr<detail::RemoteLinearState> state) {
     LinearForwardCall call;
     call.input = input;
     call.weight = state->weight_digest.ref(weight);
-    call.bias = bias;
+    call.bias = bias.value_or(torch::Tensor());
     absl::StatusOr<at::Tensor> output = state->router->linear_forward(call, &state->stats);
     raise_if_error(output.status(), "RemoteLinear forward");
     ctx->save_for_backward({input, weight});
-    ctx->saved_data["has_bias"] = bias.defined();
+    ctx->saved_data["has_bias"] = call.bias.defined();
     // The weight cannot change before backward (autograd checks its version), so the digest
     // taken here is reused there.
     ctx->saved_data["weight_digest"] = call.weight.digest;
@@ -97,7 +98,9 @@ RemoteLinearImpl::RemoteLinearImpl(const torch::nn::LinearImpl& linear,
 }
 
 torch::Tensor RemoteLinearImpl::forward(const torch::Tensor& input) {
-  return RemoteLinearFunction::apply(input, weight, bias, state_);
+  // An undefined tensor cannot be an autograd input; an empty optional can.
+  return RemoteLinearFunction::apply(
+      input, weight, bias.defined() ? c10::optional<torch::Tensor>(bias) : c10::nullopt, state_);
 }
 
 void RemoteLinearImpl::pretty_print(std::ostream& stream) const {

@@ -80,7 +80,8 @@ absl::StatusOr<T> Router::route(
             .count();
     for (CallStats* s : {stats, &stats_}) {
       if (s == nullptr) continue;
-      s->record_attempt(target.name(), target.kind(), result.ok(), latency_us,
+      s->record_attempt(target.name(), target.kind(),
+                        result.ok() ? std::string() : result.status().ToString(), latency_us,
                         transfer.bytes_sent, transfer.bytes_received, transfer.uploads,
                         earlier_target_missed);
     }

@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
 namespace vb {
@@ -28,6 +29,7 @@ void TargetStats::merge(const TargetStats& other) {
   bytes_received += other.bytes_received;
   uploads += other.uploads;
   latency.merge(other.latency);
+  if (!other.last_error.empty()) last_error = other.last_error;
 }
 
 uint64_t StatsSnapshot::fallbacks() const {
@@ -70,6 +72,9 @@ std::string StatsSnapshot::to_table() const {
                           t.bytes_sent, t.bytes_received, t.uploads, t.latency.quantile_ms(0.5),
                           t.latency.quantile_ms(0.99));
   }
+  for (const auto& [name, t] : targets) {
+    if (!t.last_error.empty()) absl::StrAppend(&out, "last error of ", name, ": ", t.last_error, "\n");
+  }
   absl::StrAppendFormat(&out,
                         "calls %d, failed %d, fallbacks %d; remote_ratio %.3f, local_ratio %.3f, "
                         "cloud_ratio %.3f\n",
@@ -101,14 +106,16 @@ std::string StatsSnapshot::to_json() const {
                        {"bytes_received", t.bytes_received},
                        {"uploads", t.uploads},
                        {"latency_p50_ms", t.latency.quantile_ms(0.5)},
-                       {"latency_p99_ms", t.latency.quantile_ms(0.99)}};
+                       {"latency_p99_ms", t.latency.quantile_ms(0.99)},
+                       {"last_error", t.last_error}};
   }
   return json.dump(2);
 }
 
-void CallStats::record_attempt(const std::string& target, TargetKind kind, bool ok,
-                               double latency_us, uint64_t bytes_sent, uint64_t bytes_received,
-                               uint64_t uploads, bool fallback) {
+void CallStats::record_attempt(const std::string& target, TargetKind kind,
+                               const std::string& error, double latency_us, uint64_t bytes_sent,
+                               uint64_t bytes_received, uint64_t uploads, bool fallback) {
+  const bool ok = error.empty();
   std::lock_guard<std::mutex> lock(mutex_);
   TargetStats& t = stats_.targets[target];
   t.kind = kind;
@@ -122,6 +129,7 @@ void CallStats::record_attempt(const std::string& target, TargetKind kind, bool 
     if (fallback) ++t.fallbacks;
   } else {
     ++t.failures;
+    t.last_error = error;
   }
 }
 

@@ -29,6 +29,7 @@ struct TargetStats {
   uint64_t bytes_received = 0;
   uint64_t uploads = 0;    // weights streamed to it
   LatencyHistogram latency;  // answered calls only
+  std::string last_error;    // the most recent failure, for diagnosis
 
   void merge(const TargetStats& other);
 };
@@ -56,9 +57,10 @@ struct StatsSnapshot {
 // The live counters behind a snapshot; safe to update from several threads.
 class CallStats {
  public:
-  void record_attempt(const std::string& target, TargetKind kind, bool ok, double latency_us,
-                      uint64_t bytes_sent, uint64_t bytes_received, uint64_t uploads,
-                      bool fallback);
+  // `error` is the failure's status text, empty when the attempt succeeded.
+  void record_attempt(const std::string& target, TargetKind kind, const std::string& error,
+                      double latency_us, uint64_t bytes_sent, uint64_t bytes_received,
+                      uint64_t uploads, bool fallback);
   void record_skip(const std::string& target, TargetKind kind);
   void record_call(bool ok);
   StatsSnapshot snapshot() const;

@@ -30,6 +30,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::start(const ServerOptions& optio
   const bool ipv6_literal = options.host.find(':') != std::string::npos;
   const std::string address = ipv6_literal ? absl::StrCat("[", options.host, "]:", options.port)
                                            : absl::StrCat(options.host, ":", options.port);
+  // gRPC sets SO_REUSEPORT by default, which would let a second vbd share the port and
+  // receive half the connections; one port, one daemon.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &server->port_);
   builder.RegisterService(server->grpc_service_.get());
   // Chunks are at most wire::kMaxChunkBytes; a little headroom for the envelope, and no more:
@@ -48,6 +51,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::start(const ServerOptions& optio
 Server::~Server() { shutdown(std::chrono::milliseconds(0)); }
 
 void Server::shutdown(std::chrono::milliseconds drain) {
+  if (grpc_server_ == nullptr) return;  // never started: nothing to stop
   std::call_once(shutdown_once_, [&] {
     grpc_server_->GetHealthCheckService()->Shutdown();
     // gRPC refuses new calls from here on and waits for running handlers until the deadline.
@@ -56,6 +60,8 @@ void Server::shutdown(std::chrono::milliseconds drain) {
   });
 }
 
-void Server::wait() { grpc_server_->Wait(); }
+void Server::wait() {
+  if (grpc_server_ != nullptr) grpc_server_->Wait();
+}
 
 }  // namespace vb::server

@@ -1,0 +1,116 @@
+// The daemon under load and at shutdown: a full queue refuses at once, SIGTERM lets every
+// accepted call finish and exits 0, health reports SERVING.
+#include <signal.h>
+
+#include <atomic>
+#include <thread>
+
+#include "client/daemon_client.h"
+#include "common/digest.h"
+#include "tests/integration/test_util.h"
+#include "tests/support/daemon_process.h"
+
+namespace vb::testing {
+namespace {
+
+// A call big enough to take a noticeable time on two cores (2 x 1024 x 1536 x 1536 flops).
+struct HeavyCall {
+  at::Tensor input = torch::randn({1024, 1536});
+  at::Tensor weight = torch::randn({1536, 1536});
+  WeightRef ref() const {
+    return {sha256_hex(weight.data_ptr(), weight.numel() * weight.element_size()), weight};
+  }
+  at::Tensor expected() const { return input.mm(weight.t()); }
+};
+
+uint32_t inflight_calls(DaemonClient& client) {
+  absl::StatusOr<v1::GetStatsResponse> stats = client.get_stats();
+  return stats.ok() ? stats->queue().inflight_calls() : 0;
+}
+
+TEST(LifecycleTest, HealthIsServing) {
+  DaemonProcess daemon;
+  DaemonClient client(daemon.address());
+  EXPECT_TRUE(client.check_health().ok());
+}
+
+TEST(LifecycleTest, FullQueueAnswersResourceExhaustedAtOnce) {
+  DaemonProcess daemon({"--workers", "1", "--max-queue", "1"});
+  const HeavyCall call;
+  DaemonClient client(daemon.address());
+  TransferCount transfer;
+  ASSERT_TRUE(client.upload_weight(call.ref(), &transfer).ok());
+
+  constexpr int kCallers = 6;
+  std::vector<absl::Status> results(kCallers);
+  std::vector<std::thread> callers;
+  for (int i = 0; i < kCallers; ++i) {
+    callers.emplace_back([&, i] {
+      DaemonClient own(daemon.address());
+      TransferCount t;
+      absl::StatusOr<at::Tensor> y = own.linear_forward(call.input, call.ref(), at::Tensor(), &t);
+      if (y.ok() && relative_error(*y, call.expected()) > 1e-5) {
+        results[i] = absl::InternalError("wrong result");
+      } else {
+        results[i] = y.status();
+      }
+    });
+  }
+  for (std::thread& t : callers) t.join();
+  int ok = 0;
+  int refused = 0;
+  for (const absl::Status& status : results) {
+    if (status.ok()) {
+      ++ok;
+    } else {
+      ASSERT_TRUE(absl::IsResourceExhausted(status)) << status;
+      EXPECT_THAT(std::string(status.message()), ::testing::HasSubstr("limits.max_queue = 1"));
+      ++refused;
+    }
+  }
+  // One running and one waiting are accepted at any moment; six at once cannot all be.
+  EXPECT_GE(ok, 2);
+  EXPECT_GE(refused, 1);
+  absl::StatusOr<v1::GetStatsResponse> stats = client.get_stats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->queue().rejected(), static_cast<uint64_t>(refused));
+  // And it goes on serving.
+  absl::StatusOr<at::Tensor> after = client.linear_forward(call.input, call.ref(), {}, &transfer);
+  ASSERT_TRUE(after.ok()) << after.status();
+}
+
+TEST(LifecycleTest, SigtermFinishesEveryAcceptedCallAndExitsZero) {
+  DaemonProcess daemon({"--workers", "1"});
+  const HeavyCall call;
+  DaemonClient client(daemon.address());
+  TransferCount transfer;
+  ASSERT_TRUE(client.upload_weight(call.ref(), &transfer).ok());
+
+  constexpr uint32_t kCallers = 4;
+  std::vector<absl::Status> results(kCallers);
+  std::vector<std::thread> callers;
+  for (uint32_t i = 0; i < kCallers; ++i) {
+    callers.emplace_back([&, i] {
+      DaemonClient own(daemon.address());
+      TransferCount t;
+      absl::StatusOr<at::Tensor> y = own.linear_forward(call.input, call.ref(), at::Tensor(), &t);
+      results[i] = y.ok() && relative_error(*y, call.expected()) > 1e-5
+                       ? absl::InternalError("wrong result")
+                       : y.status();
+    });
+  }
+  // Wait (bounded) until the daemon has all of them in hand, then ask it to stop.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (inflight_calls(client) < kCallers && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  ASSERT_EQ(inflight_calls(client), kCallers);
+  daemon.send_signal(SIGTERM);
+  for (std::thread& t : callers) t.join();
+  for (const absl::Status& status : results) EXPECT_TRUE(status.ok()) << status;
+  EXPECT_EQ(daemon.wait_exit(std::chrono::seconds(30)), 0) << daemon.log();
+  EXPECT_THAT(daemon.log(), ::testing::HasSubstr("draining"));
+}
+
+}  // namespace
+}  // namespace vb::testing

@@ -1,0 +1,108 @@
+#include "tests/support/daemon_process.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+namespace vb::testing {
+
+std::string vbd_path() {
+  if (const char* env = std::getenv("VB_VBD_PATH"); env != nullptr && *env != '\0') return env;
+  return VB_VBD_PATH;
+}
+
+DaemonProcess::DaemonProcess(std::vector<std::string> extra_args, int port) {
+  char log_template[] = "/tmp/vbd-test-log-XXXXXX";
+  const int log_fd = mkstemp(log_template);
+  if (log_fd < 0) throw std::runtime_error("mkstemp failed");
+  log_path_ = log_template;
+  int out_pipe[2];
+  if (pipe(out_pipe) != 0) throw std::runtime_error("pipe failed");
+
+  std::vector<std::string> args = {vbd_path(), "--host", "127.0.0.1", "--port",
+                                   std::to_string(port)};
+  args.insert(args.end(), extra_args.begin(), extra_args.end());
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+
+  pid_ = fork();
+  if (pid_ < 0) throw std::runtime_error("fork failed");
+  if (pid_ == 0) {
+    dup2(out_pipe[1], STDOUT_FILENO);
+    dup2(log_fd, STDERR_FILENO);
+    close(out_pipe[0]);
+    close(out_pipe[1]);
+    close(log_fd);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(out_pipe[1]);
+  close(log_fd);
+
+  // Read the "vbd listening on HOST:PORT" line, bounded in time.
+  std::string line;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (line.find('\n') == std::string::npos && std::chrono::steady_clock::now() < deadline) {
+    pollfd fd{out_pipe[0], POLLIN, 0};
+    if (poll(&fd, 1, 200) <= 0) continue;
+    char buffer[256];
+    const ssize_t n = read(out_pipe[0], buffer, sizeof(buffer));
+    if (n <= 0) break;
+    line.append(buffer, static_cast<size_t>(n));
+  }
+  close(out_pipe[0]);
+  const size_t colon = line.rfind(':');
+  if (line.rfind("vbd listening on ", 0) != 0 || colon == std::string::npos) {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+    exited_ = true;
+    throw std::runtime_error("vbd did not start; stdout: \"" + line + "\" stderr: " + log());
+  }
+  port_ = std::stoi(line.substr(colon + 1));
+}
+
+DaemonProcess::~DaemonProcess() {
+  if (!exited_ && pid_ > 0) {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+  unlink(log_path_.c_str());
+}
+
+void DaemonProcess::send_signal(int signal_number) {
+  if (!exited_) kill(pid_, signal_number);
+}
+
+int DaemonProcess::wait_exit(std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    int status = 0;
+    const pid_t done = waitpid(pid_, &status, WNOHANG);
+    if (done == pid_) {
+      exited_ = true;
+      if (WIFEXITED(status)) return WEXITSTATUS(status);
+      if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+      return -1;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) return -1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+std::string DaemonProcess::log() const {
+  std::ifstream file(log_path_);
+  std::stringstream text;
+  text << file.rdbuf();
+  return text.str();
+}
+
+}  // namespace vb::testing
