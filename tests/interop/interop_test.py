@@ -165,6 +165,24 @@ def check_status(call, code, what, message_part=None):
     raise AssertionError(f"{what}: the call succeeded; expected {code.name}")
 
 
+def check_standard_services(channel):
+    """grpc.health.v1 and server reflection, spoken in hand-encoded protobuf.
+
+    Debian ships neither service's .proto for Python, and a generic client (grpcurl,
+    grpc_cli, a load balancer's health probe) knows them only by their wire format, so the
+    bytes are written out here: HealthCheckRequest{} is empty and the answer
+    HealthCheckResponse{status: SERVING} is field 1 = 1; ServerReflectionRequest{
+    list_services: ""} is field 7, an empty string.
+    """
+    identity = dict(request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    check_health = channel.unary_unary("/grpc.health.v1.Health/Check", **identity)
+    check(check_health(b"", timeout=RPC_TIMEOUT_S) == b"\x08\x01", "health: SERVING")
+    reflect = channel.stream_stream(
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", **identity)
+    answer = b"".join(reflect(iter([b"\x3a\x00"]), timeout=RPC_TIMEOUT_S))
+    check(b"vb.v1.Compute" in answer, "reflection lists vb.v1.Compute")
+
+
 def run_checks(port):
     import grpc
     rng = random.Random(20240601)
@@ -191,6 +209,7 @@ def run_checks(port):
                                          timeout=RPC_TIMEOUT_S)
         check(list(query.present) == [True, False], "QueryWeights: uploaded yes, random no")
 
+        check_standard_services(channel)
         check_linear(client, rng, 3, 5, 4, "linear 3x5 -> 4")
         check_linear(client, rng, 4, 300, 700, "linear 4x300 -> 700")
         # 160x2048 float32 outputs are 1.25 MiB, more than one of the daemon's 1 MiB chunks.
