@@ -1,6 +1,7 @@
 #include "server/grpc_service.h"
 
 #include <chrono>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "backends/linear_op.h"
@@ -13,11 +14,17 @@ namespace {
 // Counts the call as in flight and records it in the op statistics when it ends.
 class CallScope {
  public:
-  CallScope(ComputeService* service, std::atomic<uint32_t>* inflight, std::string op)
+  CallScope(ComputeService* service, std::atomic<uint32_t>* inflight,
+            const std::atomic<bool>& draining, std::string op)
       : service_(service), inflight_(inflight), op_(std::move(op)) {
     inflight_->fetch_add(1);
+    // Checked after counting the call, so wait_idle() cannot miss one that slips in.
+    if (draining.load()) refusal_ = absl::UnavailableError("vbd is draining: try another target");
   }
   ~CallScope() { inflight_->fetch_sub(1); }
+
+  // UNAVAILABLE while the daemon drains: handlers return finish(refusal()) before any work.
+  const absl::Status& refusal() const { return refusal_; }
 
   grpc::Status finish(const absl::Status& status) {
     record.code = status.code();
@@ -31,6 +38,7 @@ class CallScope {
   CallRecord record;
 
  private:
+  absl::Status refusal_;
   ComputeService* service_;
   std::atomic<uint32_t>* inflight_;
   std::string op_;
@@ -104,9 +112,18 @@ void fill_store_info(const backends::WeightStore::Stats& stats, v1::WeightStoreI
 
 }  // namespace
 
+bool GrpcComputeService::wait_idle(std::chrono::steady_clock::time_point deadline) const {
+  while (inflight_.load() > 0) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
 grpc::Status GrpcComputeService::GetInfo(grpc::ServerContext*, const v1::GetInfoRequest*,
                                          v1::GetInfoResponse* response) {
-  CallScope scope(service_, &inflight_, "GetInfo");
+  CallScope scope(service_, &inflight_, draining_, "GetInfo");
+  if (!scope.refusal().ok()) return scope.finish(scope.refusal());
   const ComputeService::Info info = service_->info();
   response->set_version(info.version);
   response->set_torch_version(info.torch_version);
@@ -132,7 +149,8 @@ grpc::Status GrpcComputeService::GetInfo(grpc::ServerContext*, const v1::GetInfo
 grpc::Status GrpcComputeService::UploadWeight(grpc::ServerContext*,
                                               grpc::ServerReader<v1::UploadWeightRequest>* reader,
                                               v1::UploadWeightResponse* response) {
-  CallScope scope(service_, &inflight_, "UploadWeight");
+  CallScope scope(service_, &inflight_, draining_, "UploadWeight");
+  if (!scope.refusal().ok()) return scope.finish(scope.refusal());
   auto handle = [&]() -> absl::Status {
     v1::UploadWeightRequest message;
     if (!reader->Read(&message) || !message.has_header()) {
@@ -163,7 +181,8 @@ grpc::Status GrpcComputeService::UploadWeight(grpc::ServerContext*,
 grpc::Status GrpcComputeService::QueryWeights(grpc::ServerContext*,
                                               const v1::QueryWeightsRequest* request,
                                               v1::QueryWeightsResponse* response) {
-  CallScope scope(service_, &inflight_, "QueryWeights");
+  CallScope scope(service_, &inflight_, draining_, "QueryWeights");
+  if (!scope.refusal().ok()) return scope.finish(scope.refusal());
   for (int i = 0; i < request->digests_size(); ++i) {
     absl::Status format =
         check_digest_format(request->digests(i), absl::StrCat("digests[", i, "]"));
@@ -176,7 +195,8 @@ grpc::Status GrpcComputeService::QueryWeights(grpc::ServerContext*,
 grpc::Status GrpcComputeService::LinearForward(
     grpc::ServerContext*,
     grpc::ServerReaderWriter<v1::TensorsResponse, v1::LinearForwardRequest>* stream) {
-  CallScope scope(service_, &inflight_, "LinearForward");
+  CallScope scope(service_, &inflight_, draining_, "LinearForward");
+  if (!scope.refusal().ok()) return scope.finish(scope.refusal());
   ComputeTiming timing;
   auto handle = [&]() -> absl::Status {
     v1::LinearForwardRequest message;
@@ -220,7 +240,8 @@ grpc::Status GrpcComputeService::LinearForward(
 grpc::Status GrpcComputeService::LinearBackward(
     grpc::ServerContext*,
     grpc::ServerReaderWriter<v1::TensorsResponse, v1::LinearBackwardRequest>* stream) {
-  CallScope scope(service_, &inflight_, "LinearBackward");
+  CallScope scope(service_, &inflight_, draining_, "LinearBackward");
+  if (!scope.refusal().ok()) return scope.finish(scope.refusal());
   ComputeTiming timing;
   auto handle = [&]() -> absl::Status {
     v1::LinearBackwardRequest message;
@@ -277,7 +298,8 @@ grpc::Status GrpcComputeService::LinearBackward(
 
 grpc::Status GrpcComputeService::GetStats(grpc::ServerContext*, const v1::GetStatsRequest*,
                                           v1::GetStatsResponse* response) {
-  CallScope scope(service_, &inflight_, "GetStats");
+  CallScope scope(service_, &inflight_, draining_, "GetStats");
+  if (!scope.refusal().ok()) return scope.finish(scope.refusal());
   for (const OpSnapshot& op : service_->op_stats().snapshot()) {
     v1::OpStats* out = response->add_ops();
     out->set_op(op.op);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 
 #include "server/compute_service.h"
 #include "vb/v1/compute.grpc.pb.h"
@@ -29,9 +30,15 @@ class GrpcComputeService final : public v1::Compute::Service {
   grpc::Status GetStats(grpc::ServerContext* context, const v1::GetStatsRequest* request,
                         v1::GetStatsResponse* response) override;
 
+  // From now on every new call is answered UNAVAILABLE at once, so clients move on.
+  void begin_drain() { draining_.store(true); }
+  // Waits until no call is being handled, or until `deadline`; true when none is.
+  bool wait_idle(std::chrono::steady_clock::time_point deadline) const;
+
  private:
   ComputeService* service_;
   std::atomic<uint32_t> inflight_{0};
+  std::atomic<bool> draining_{false};
 };
 
 }  // namespace vb::server

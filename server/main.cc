@@ -1,5 +1,6 @@
 // vbd: the Virtual Blackwell daemon. Parses options, starts the server, prints the port it
 // bound, and drains on SIGTERM / SIGINT.
+#include <grpc/grpc.h>
 #include <signal.h>
 
 #include <chrono>
@@ -34,6 +35,8 @@ int main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
+  // Held for the life of the process; see the exit path below.
+  grpc_init();
   absl::StatusOr<std::unique_ptr<vb::server::Server>> server = vb::server::Server::start(*options);
   if (!server.ok()) {
     std::fprintf(stderr, "vbd: %s\n", std::string(server.status().message()).c_str());
@@ -52,10 +55,13 @@ int main(int argc, char** argv) {
               ": draining calls in flight (up to ", options->drain_timeout_s, " s)");
   const auto drain = std::chrono::milliseconds(static_cast<int64_t>(options->drain_timeout_s * 1000));
   (*server)->shutdown(drain);
+  // Destroying the server closes its connections in order, so clients read every byte of
+  // the last answers (an abrupt exit can reset a connection with unread data in flight).
+  server->reset();
   VB_LOG_INFO("vbd stopped");
-  // Every accepted call has finished. Skip the library teardown that would follow: gRPC's
-  // grpc_shutdown joins an executor thread that can sit out a 10 s poll timeout first,
-  // and a service manager waiting for the exit should not pay for it.
+  // Skip the library teardown that would follow: the grpc_init above keeps gRPC from
+  // running grpc_shutdown, which joins an executor thread that can sit out a 10 s poll
+  // timeout first; a service manager waiting for the exit should not pay for it.
   std::fflush(stdout);
   std::fflush(stderr);
   std::_Exit(0);

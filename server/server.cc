@@ -6,12 +6,53 @@
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server_builder.h>
 
+#include <fstream>
+#include <sstream>
+#include <thread>
+
 #include "absl/strings/str_cat.h"
 #include "backends/cpu_backend.h"
 #include "common/log.h"
 #include "wire/codec.h"
 
 namespace vb::server {
+namespace {
+
+// Bytes this host has sent from `port` that the peer has not yet acknowledged (tx_queue of
+// every socket whose local port is `port`), from /proc/net/tcp and tcp6. 0 where /proc is
+// not mounted.
+uint64_t unacknowledged_bytes(int port) {
+  uint64_t total = 0;
+  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::ifstream file(table);
+    std::string line;
+    std::getline(file, line);  // header
+    while (std::getline(file, line)) {
+      std::istringstream fields(line);
+      std::string slot, local, remote, state, queues;
+      fields >> slot >> local >> remote >> state >> queues;  // queues: "tx:rx" in hex
+      const size_t colon = local.rfind(':');
+      if (colon == std::string::npos || state == "0A") continue;
+      if (std::stoi(local.substr(colon + 1), nullptr, 16) != port) continue;
+      total += std::stoull(queues.substr(0, queues.find(':')), nullptr, 16);
+    }
+  }
+  return total;
+}
+
+// gRPC closes a connection as soon as its last stream ends after GOAWAY. If a client's final
+// window updates are still unread then, the kernel resets the connection, and the client
+// loses the answer bytes it had not read yet. So before shutting gRPC down: let every
+// answer reach the clients' kernels, then give them a moment to read it.
+void let_answers_land(int port) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (unacknowledged_bytes(port) > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::start(const ServerOptions& options) {
   LogLevel level;
@@ -54,8 +95,19 @@ void Server::shutdown(std::chrono::milliseconds drain) {
   if (grpc_server_ == nullptr) return;  // never started: nothing to stop
   std::call_once(shutdown_once_, [&] {
     grpc_server_->GetHealthCheckService()->Shutdown();
-    // gRPC refuses new calls from here on and waits for running handlers until the deadline.
-    grpc_server_->Shutdown(std::chrono::system_clock::now() + drain);
+    // Refuse new calls ourselves first and let the running ones finish while gRPC still
+    // serves the connections; only then shut gRPC down (see let_answers_land).
+    grpc_service_->begin_drain();
+    const bool idle = grpc_service_->wait_idle(std::chrono::steady_clock::now() + drain);
+    if (idle) {
+      let_answers_land(port_);
+    } else {
+      VB_LOG_WARNING("drain timeout of ", drain.count(), " ms passed with calls still running; "
+                     "cancelling them");
+    }
+    // Nothing runs any more (or the drain time is spent): close the connections now rather
+    // than wait for idle clients to hang up.
+    grpc_server_->Shutdown(std::chrono::system_clock::now());
     service_->shutdown();
   });
 }

@@ -106,6 +106,14 @@ TEST(LifecycleTest, SigtermFinishesEveryAcceptedCallAndExitsZero) {
   }
   ASSERT_EQ(inflight_calls(client), kCallers);
   daemon.send_signal(SIGTERM);
+  // While it drains, new calls are refused at once so that clients move to another target.
+  absl::Status during_drain = absl::OkStatus();
+  const auto drain_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (during_drain.ok() && std::chrono::steady_clock::now() < drain_deadline) {
+    during_drain = client.get_info().status();
+  }
+  EXPECT_TRUE(absl::IsUnavailable(during_drain)) << during_drain;
+  EXPECT_THAT(std::string(during_drain.message()), ::testing::HasSubstr("draining"));
   for (std::thread& t : callers) t.join();
   for (const absl::Status& status : results) EXPECT_TRUE(status.ok()) << status;
   EXPECT_EQ(daemon.wait_exit(std::chrono::seconds(30)), 0) << daemon.log();
