@@ -35,7 +35,7 @@ struct LinearBackwardArgs {
 };
 
 struct LinearGrads {
-  at::Tensor grad_input;   // undefined unless asked for
+  at::Tensor grad_input;  // undefined unless asked for
   at::Tensor grad_weight;
   at::Tensor grad_bias;
 };

@@ -53,8 +53,8 @@ std::vector<DeviceDescription> CpuBackend::devices() const {
   cpu.kind = "cpu";
   cpu.index = 0;
   cpu.name = cpu_model_name();
-  cpu.total_memory_bytes =
-      static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<uint64_t>(sysconf(_SC_PAGE_SIZE));
+  cpu.total_memory_bytes = static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) *
+                           static_cast<uint64_t>(sysconf(_SC_PAGE_SIZE));
   cpu.free_memory_bytes = mem_available_bytes();
   return {cpu};
 }
@@ -97,7 +97,8 @@ absl::StatusOr<LinearGrads> CpuBackend::linear_backward(const LinearBackwardArgs
     if (args.need_grad_input) {
       std::vector<int64_t> shape(args.grad_output.sizes().begin(), args.grad_output.sizes().end());
       shape.back() = in_features;
-      grads.grad_input = grad_2d.mm(as_compute(args.weight)).reshape(shape).to(storage).contiguous();
+      grads.grad_input =
+          grad_2d.mm(as_compute(args.weight)).reshape(shape).to(storage).contiguous();
     }
     if (args.need_grad_weight) {
       const at::Tensor input_2d = as_compute(args.input).reshape({-1, in_features});

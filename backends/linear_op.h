@@ -10,15 +10,15 @@
 namespace vb::backends {
 
 struct LinearForwardSpecs {
-  TensorSpec input;   // [..., in_features]
-  TensorSpec weight;  // [out_features, in_features]
+  TensorSpec input;                // [..., in_features]
+  TensorSpec weight;               // [out_features, in_features]
   std::optional<TensorSpec> bias;  // [out_features]
 };
 
 struct LinearBackwardSpecs {
-  TensorSpec grad_output;          // [..., out_features]
+  TensorSpec grad_output;           // [..., out_features]
   std::optional<TensorSpec> input;  // [..., in_features]; needed for grad_weight only
-  TensorSpec weight;               // [out_features, in_features]
+  TensorSpec weight;                // [out_features, in_features]
   bool need_grad_input = true;
   bool need_grad_weight = true;
   bool need_grad_bias = true;

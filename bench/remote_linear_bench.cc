@@ -75,7 +75,8 @@ int main(int argc, char** argv) {
   std::printf("machine: %s, %ld cores; LibTorch %s, %d intra-op threads; vbd on loopback\n",
               cpu_model().c_str(), sysconf(_SC_NPROCESSORS_ONLN), TORCH_VERSION,
               at::get_num_threads());
-  const double floor_health = median_ms(quick ? 5 : 500, [&] { check(client.check_health(), "health"); });
+  const double floor_health =
+      median_ms(quick ? 5 : 500, [&] { check(client.check_health(), "health"); });
   const at::Tensor tiny_w = at::randn({1, 1});
   const vb::WeightRef tiny{vb::sha256_hex(tiny_w.data_ptr(), 4), tiny_w};
   vb::TransferCount transfer;
@@ -110,7 +111,8 @@ int main(int argc, char** argv) {
                 gflop / (local_ms / 1e3), gflop / (remote_ms / 1e3), wire_mb / (remote_ms / 1e3),
                 remote_ms / local_ms);
   }
-  std::printf("\nremote = upload of x + compute in vbd + download of y (weight already held);\n"
-              "both sides share this machine's cores.\n");
+  std::printf(
+      "\nremote = upload of x + compute in vbd + download of y (weight already held);\n"
+      "both sides share this machine's cores.\n");
   return 0;
 }

@@ -47,8 +47,8 @@ absl::StatusOr<std::vector<at::Tensor>> read_outputs(
   if (!message.has_header()) return protocol_error("first answer is not a header");
   const v1::TensorsHeader& header = message.header();
   if (header.tensors_size() != static_cast<int>(expected.size())) {
-    return protocol_error(absl::StrCat(header.tensors_size(), " outputs, expected ",
-                                       expected.size()));
+    return protocol_error(
+        absl::StrCat(header.tensors_size(), " outputs, expected ", expected.size()));
   }
   std::vector<std::string> names;
   std::vector<TensorSpec> specs;
@@ -56,9 +56,9 @@ absl::StatusOr<std::vector<at::Tensor>> read_outputs(
     const v1::NamedTensorSpec& named = header.tensors(i);
     VB_ASSIGN_OR_RETURN(TensorSpec spec, wire::spec_from_proto(named.spec(), named.name()));
     if (named.name() != expected[i].first || spec != expected[i].second) {
-      return protocol_error(absl::StrCat("output ", i, " is ", named.name(), " ",
-                                         spec.to_string(), ", expected ", expected[i].first,
-                                         " ", expected[i].second.to_string()));
+      return protocol_error(absl::StrCat("output ", i, " is ", named.name(), " ", spec.to_string(),
+                                         ", expected ", expected[i].first, " ",
+                                         expected[i].second.to_string()));
     }
     names.push_back(named.name());
     specs.push_back(spec);
@@ -67,8 +67,8 @@ absl::StatusOr<std::vector<at::Tensor>> read_outputs(
   absl::Status received = absl::OkStatus();
   while (stream->Read(&message)) {
     if (!received.ok()) continue;  // drain, so Finish() can complete
-    received = message.has_chunk() ? assembler.add(message.chunk())
-                                   : protocol_error("a second header");
+    received =
+        message.has_chunk() ? assembler.add(message.chunk()) : protocol_error("a second header");
   }
   transfer->bytes_received += assembler.bytes_received();
   VB_RETURN_IF_ERROR(wire::from_grpc(stream->Finish()));
@@ -76,6 +76,21 @@ absl::StatusOr<std::vector<at::Tensor>> read_outputs(
   absl::Status complete = assembler.finish();
   if (!complete.ok()) return protocol_error(std::string(complete.message()));
   return std::move(assembler.tensors());
+}
+
+// One compute call on an open stream: the header, the inline tensors as chunks, then the
+// outputs, which must be exactly `expected`.
+template <typename Request, typename Stream>
+absl::StatusOr<std::vector<at::Tensor>> exchange(
+    Stream* stream, const Request& header, const std::vector<at::Tensor>& inline_tensors,
+    size_t chunk_bytes, const std::vector<std::pair<std::string, TensorSpec>>& expected,
+    TransferCount* transfer) {
+  if (stream->Write(header)) {
+    write_chunks<Request>(stream, inline_tensors, chunk_bytes, transfer);
+  } else {
+    stream->WritesDone();
+  }
+  return read_outputs(stream, expected, transfer);
 }
 
 void set_weight_ref(const WeightRef& weight, const TensorSpec& spec, v1::WeightRef* out) {
@@ -106,8 +121,8 @@ std::shared_ptr<DaemonClient::Connection> DaemonClient::connect() const {
   // channel would inherit the old one's backoff.
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   auto connection = std::make_shared<Connection>();
-  connection->channel = grpc::CreateCustomChannel(grpc_target_of(address_),
-                                                  grpc::InsecureChannelCredentials(), args);
+  connection->channel =
+      grpc::CreateCustomChannel(grpc_target_of(address_), grpc::InsecureChannelCredentials(), args);
   connection->stub = v1::Compute::NewStub(connection->channel);
   return connection;
 }
@@ -149,8 +164,9 @@ absl::Status DaemonClient::check_health() {
   grpc::health::v1::HealthCheckResponse response;
   VB_RETURN_IF_ERROR(wire::from_grpc(health->Check(context.get(), {}, &response)));
   if (response.status() != grpc::health::v1::HealthCheckResponse::SERVING) {
-    return absl::UnavailableError(absl::StrCat(
-        address_, " is ", grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status())));
+    return absl::UnavailableError(
+        absl::StrCat(address_, " is ",
+                     grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status())));
   }
   return absl::OkStatus();
 }
@@ -189,10 +205,11 @@ absl::StatusOr<std::vector<bool>> DaemonClient::query_weights(
   v1::QueryWeightsRequest request;
   for (const std::string& digest : digests) request.add_digests(digest);
   v1::QueryWeightsResponse response;
-  VB_RETURN_IF_ERROR(wire::from_grpc(connection()->stub->QueryWeights(context.get(), request, &response)));
+  VB_RETURN_IF_ERROR(
+      wire::from_grpc(connection()->stub->QueryWeights(context.get(), request, &response)));
   if (response.present_size() != request.digests_size()) {
-    return absl::InternalError(absl::StrCat("daemon answered ", response.present_size(),
-                                            " of ", request.digests_size(), " digests"));
+    return absl::InternalError(absl::StrCat("daemon answered ", response.present_size(), " of ",
+                                            request.digests_size(), " digests"));
   }
   return std::vector<bool>(response.present().begin(), response.present().end());
 }
@@ -221,14 +238,9 @@ absl::StatusOr<at::Tensor> DaemonClient::linear_forward(const at::Tensor& input,
   auto context = new_context();
   const std::shared_ptr<Connection> connection = this->connection();
   auto stream = connection->stub->LinearForward(context.get());
-  if (stream->Write(message)) {
-    write_chunks<v1::LinearForwardRequest>(stream.get(), inline_tensors, options_.chunk_bytes,
-                                           transfer);
-  } else {
-    stream->WritesDone();
-  }
   VB_ASSIGN_OR_RETURN(std::vector<at::Tensor> outputs,
-                      read_outputs(stream.get(), {{"output", output_spec}}, transfer));
+                      exchange(stream.get(), message, inline_tensors, options_.chunk_bytes,
+                               {{"output", output_spec}}, transfer));
   return outputs[0];
 }
 
@@ -267,14 +279,9 @@ absl::StatusOr<backends::LinearGrads> DaemonClient::linear_backward(
   auto context = new_context();
   const std::shared_ptr<Connection> connection = this->connection();
   auto stream = connection->stub->LinearBackward(context.get());
-  if (stream->Write(message)) {
-    write_chunks<v1::LinearBackwardRequest>(stream.get(), inline_tensors, options_.chunk_bytes,
-                                            transfer);
-  } else {
-    stream->WritesDone();
-  }
-  VB_ASSIGN_OR_RETURN(std::vector<at::Tensor> outputs,
-                      read_outputs(stream.get(), expected, transfer));
+  VB_ASSIGN_OR_RETURN(
+      std::vector<at::Tensor> outputs,
+      exchange(stream.get(), message, inline_tensors, options_.chunk_bytes, expected, transfer));
   backends::LinearGrads grads;
   size_t next = 0;
   if (grad_specs.grad_input) grads.grad_input = outputs[next++];

@@ -51,13 +51,9 @@ class DaemonClient {
 
   absl::StatusOr<at::Tensor> linear_forward(const at::Tensor& input, const WeightRef& weight,
                                             const at::Tensor& bias, TransferCount* transfer);
-  absl::StatusOr<backends::LinearGrads> linear_backward(const at::Tensor& grad_output,
-                                                        const at::Tensor& input,
-                                                        const WeightRef& weight,
-                                                        bool need_grad_input,
-                                                        bool need_grad_weight,
-                                                        bool need_grad_bias,
-                                                        TransferCount* transfer);
+  absl::StatusOr<backends::LinearGrads> linear_backward(
+      const at::Tensor& grad_output, const at::Tensor& input, const WeightRef& weight,
+      bool need_grad_input, bool need_grad_weight, bool need_grad_bias, TransferCount* transfer);
 
   // Replaces the channel with a new one. gRPC keeps a failed connection in backoff (the
   // attempts after a refused connect come seconds apart, grpc/grpc#11411) and a call made

@@ -66,12 +66,11 @@ absl::StatusOr<at::Tensor> DaemonTarget::linear_forward(const LinearForwardCall&
   });
 }
 
-absl::StatusOr<backends::LinearGrads> DaemonTarget::linear_backward(
-    const LinearBackwardCall& call, TransferCount* transfer) {
+absl::StatusOr<backends::LinearGrads> DaemonTarget::linear_backward(const LinearBackwardCall& call,
+                                                                    TransferCount* transfer) {
   return with_weight<backends::LinearGrads>(call.weight, transfer, [&] {
-    return client_.linear_backward(call.grad_output, call.input, call.weight,
-                                   call.need_grad_input, call.need_grad_weight,
-                                   call.need_grad_bias, transfer);
+    return client_.linear_backward(call.grad_output, call.input, call.weight, call.need_grad_input,
+                                   call.need_grad_weight, call.need_grad_bias, transfer);
   });
 }
 

@@ -35,7 +35,7 @@ class DaemonTarget final : public Target {
   DaemonClient client_;
   std::mutex mutex_;
   std::unordered_set<std::string> held_;  // digests the daemon is known to hold
-  bool reconnect_ = false;                 // the last call found the daemon unreachable
+  bool reconnect_ = false;                // the last call found the daemon unreachable
 };
 
 }  // namespace vb

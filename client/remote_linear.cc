@@ -76,8 +76,8 @@ RemoteLinearImpl::RemoteLinearImpl(RemoteLinearOptions options_, std::shared_ptr
   TORCH_CHECK_VALUE(router != nullptr, "RemoteLinear: router is null");
   state_->router = std::move(router);
   // The same initialisation as torch::nn::Linear.
-  weight = register_parameter("weight",
-                              torch::empty({options.out_features(), options.in_features()}));
+  weight =
+      register_parameter("weight", torch::empty({options.out_features(), options.in_features()}));
   torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
   if (options.bias()) {
     bias = register_parameter("bias", torch::empty({options.out_features()}));

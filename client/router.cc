@@ -48,8 +48,8 @@ std::shared_ptr<Router> Router::default_router() {
     absl::StatusOr<std::shared_ptr<Router>> created =
         create(absl::StrSplit(spec, ',', absl::SkipWhitespace()));
     if (!created.ok()) {
-      throw std::invalid_argument(absl::StrCat("VB_TARGETS=", spec, ": ",
-                                               created.status().message()));
+      throw std::invalid_argument(
+          absl::StrCat("VB_TARGETS=", spec, ": ", created.status().message()));
     }
     return *created;
   }();
@@ -104,8 +104,7 @@ absl::StatusOr<T> Router::route(
   return result;
 }
 
-absl::StatusOr<at::Tensor> Router::linear_forward(const LinearForwardCall& call,
-                                                  CallStats* stats) {
+absl::StatusOr<at::Tensor> Router::linear_forward(const LinearForwardCall& call, CallStats* stats) {
   return route<at::Tensor>(stats, [&](Target& target, TransferCount* transfer) {
     return target.linear_forward(call, transfer);
   });

@@ -63,9 +63,9 @@ void StatsSnapshot::merge(const StatsSnapshot& other) {
 }
 
 std::string StatsSnapshot::to_table() const {
-  std::string out = absl::StrFormat(
-      "%-28s %-6s %8s %8s %8s %9s %12s %12s %7s %9s %9s\n", "target", "kind", "calls", "ok",
-      "failed", "fallback", "sent", "received", "uploads", "p50 ms", "p99 ms");
+  std::string out = absl::StrFormat("%-28s %-6s %8s %8s %8s %9s %12s %12s %7s %9s %9s\n", "target",
+                                    "kind", "calls", "ok", "failed", "fallback", "sent", "received",
+                                    "uploads", "p50 ms", "p99 ms");
   for (const auto& [name, t] : targets) {
     absl::StrAppendFormat(&out, "%-28s %-6s %8d %8d %8d %9d %12d %12d %7d %9.3f %9.3f\n", name,
                           target_kind_name(t.kind), t.calls, t.successes, t.failures, t.fallbacks,
@@ -73,7 +73,8 @@ std::string StatsSnapshot::to_table() const {
                           t.latency.quantile_ms(0.99));
   }
   for (const auto& [name, t] : targets) {
-    if (!t.last_error.empty()) absl::StrAppend(&out, "last error of ", name, ": ", t.last_error, "\n");
+    if (!t.last_error.empty())
+      absl::StrAppend(&out, "last error of ", name, ": ", t.last_error, "\n");
   }
   absl::StrAppendFormat(&out,
                         "calls %d, failed %d, fallbacks %d; remote_ratio %.3f, local_ratio %.3f, "
@@ -112,9 +113,9 @@ std::string StatsSnapshot::to_json() const {
   return json.dump(2);
 }
 
-void CallStats::record_attempt(const std::string& target, TargetKind kind,
-                               const std::string& error, double latency_us, uint64_t bytes_sent,
-                               uint64_t bytes_received, uint64_t uploads, bool fallback) {
+void CallStats::record_attempt(const std::string& target, TargetKind kind, const std::string& error,
+                               double latency_us, uint64_t bytes_sent, uint64_t bytes_received,
+                               uint64_t uploads, bool fallback) {
   const bool ok = error.empty();
   std::lock_guard<std::mutex> lock(mutex_);
   TargetStats& t = stats_.targets[target];

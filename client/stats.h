@@ -27,7 +27,7 @@ struct TargetStats {
   uint64_t skipped = 0;    // calls that passed it by while its breaker was open
   uint64_t bytes_sent = 0;
   uint64_t bytes_received = 0;
-  uint64_t uploads = 0;    // weights streamed to it
+  uint64_t uploads = 0;      // weights streamed to it
   LatencyHistogram latency;  // answered calls only
   std::string last_error;    // the most recent failure, for diagnosis
 
@@ -35,8 +35,8 @@ struct TargetStats {
 };
 
 struct StatsSnapshot {
-  uint64_t calls = 0;         // layer calls (a forward or a backward each)
-  uint64_t failed_calls = 0;  // calls that raised an error to the caller
+  uint64_t calls = 0;                          // layer calls (a forward or a backward each)
+  uint64_t failed_calls = 0;                   // calls that raised an error to the caller
   std::map<std::string, TargetStats> targets;  // by target name
 
   uint64_t fallbacks() const;

@@ -79,9 +79,9 @@ class InfoCommand final : public Command {
                                    human_bytes(d.free_memory_bytes()));
     }
     const vb::v1::Limits& l = info->limits();
-    std::cout << absl::StrFormat(
-        "\nlimits: %d worker(s), queue %d, max request %s, max chunk %s\n", l.workers(),
-        l.max_queue(), human_bytes(l.max_request_bytes()), human_bytes(l.max_chunk_bytes()));
+    std::cout << absl::StrFormat("\nlimits: %d worker(s), queue %d, max request %s, max chunk %s\n",
+                                 l.workers(), l.max_queue(), human_bytes(l.max_request_bytes()),
+                                 human_bytes(l.max_chunk_bytes()));
     const vb::v1::WeightStoreInfo& w = info->weight_store();
     std::cout << absl::StrFormat("weight store: %s of %s in %d weight(s)\n",
                                  human_bytes(w.used_bytes()), human_bytes(w.capacity_bytes()),
@@ -108,8 +108,8 @@ class StatsCommand final : public Command {
     }
     std::cout << absl::StrFormat("vbd at %s, up %.0f s\n\n", client.address(), stats->uptime_s());
     std::cout << absl::StrFormat("%-15s %8s %7s %11s %11s %9s %9s %9s %9s\n", "op", "calls",
-                                 "failed", "bytes in", "bytes out", "p50 ms", "p99 ms",
-                                 "queue p50", "comp p50");
+                                 "failed", "bytes in", "bytes out", "p50 ms", "p99 ms", "queue p50",
+                                 "comp p50");
     for (const vb::v1::OpStats& op : stats->ops()) {
       std::cout << absl::StrFormat("%-15s %8d %7d %11s %11s %9.3f %9.3f %9.3f %9.3f\n", op.op(),
                                    op.calls(), op.failures(), human_bytes(op.bytes_in()),

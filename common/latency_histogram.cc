@@ -8,7 +8,8 @@ namespace {
 
 int bucket_of(double microseconds) {
   if (!(microseconds > 1.0)) return 0;  // also catches NaN
-  const int bucket = 1 + static_cast<int>(std::log2(microseconds) * LatencyHistogram::kBucketsPerOctave);
+  const int bucket =
+      1 + static_cast<int>(std::log2(microseconds) * LatencyHistogram::kBucketsPerOctave);
   return std::min(bucket, LatencyHistogram::kBuckets - 1);
 }
 

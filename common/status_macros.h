@@ -9,10 +9,10 @@
 #define VB_STATUS_CONCAT_(a, b) VB_STATUS_CONCAT_INNER_(a, b)
 
 // Returns the status of `expr` from the enclosing function when it is not OK.
-#define VB_RETURN_IF_ERROR(expr)                 \
-  do {                                           \
-    ::absl::Status vb_status_ = (expr);          \
-    if (!vb_status_.ok()) return vb_status_;     \
+#define VB_RETURN_IF_ERROR(expr)             \
+  do {                                       \
+    ::absl::Status vb_status_ = (expr);      \
+    if (!vb_status_.ok()) return vb_status_; \
   } while (false)
 
 // `lhs` = value of the StatusOr `expr`, or returns its status from the enclosing function.

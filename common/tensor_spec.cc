@@ -92,13 +92,13 @@ absl::Status validate_spec(const TensorSpec& spec, absl::string_view field, int 
   for (int i = 0; i < rank; ++i) {
     const int64_t d = spec.shape[i];
     if (d < 1) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ".shape[", i, "] = ", d,
-                                                     ": every dimension must be at least 1"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".shape[", i, "] = ", d, ": every dimension must be at least 1"));
     }
     if (numel > limit / d) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, ".shape = ", shape_string(spec.shape), " overflows: ",
-                       dtype_name(spec.dtype), " bytes for it exceed 2^63 - 1"));
+      return absl::InvalidArgumentError(absl::StrCat(field, ".shape = ", shape_string(spec.shape),
+                                                     " overflows: ", dtype_name(spec.dtype),
+                                                     " bytes for it exceed 2^63 - 1"));
     }
     numel *= d;
   }

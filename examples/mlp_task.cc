@@ -11,10 +11,8 @@ namespace vb::examples {
 
 torch::nn::Sequential make_mlp(const MlpTask& task) {
   torch::manual_seed(task.seed);
-  return torch::nn::Sequential(torch::nn::Linear(task.in_features, task.hidden),
-                               torch::nn::ReLU(),
-                               torch::nn::Linear(task.hidden, task.hidden),
-                               torch::nn::ReLU(),
+  return torch::nn::Sequential(torch::nn::Linear(task.in_features, task.hidden), torch::nn::ReLU(),
+                               torch::nn::Linear(task.hidden, task.hidden), torch::nn::ReLU(),
                                torch::nn::Linear(task.hidden, 1));
 }
 
@@ -25,7 +23,8 @@ std::vector<double> train_mlp(torch::nn::Sequential& model, const MlpTask& task,
   at::Generator data = at::detail::createCPUGenerator(task.seed + 1);
   const at::Tensor a = torch::randn({task.in_features, 1}, data) / std::sqrt(task.in_features);
   const at::Tensor b = torch::randn({task.in_features, 1}, data) / std::sqrt(task.in_features);
-  torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(task.learning_rate).momentum(0.9));
+  torch::optim::SGD optimizer(model->parameters(),
+                              torch::optim::SGDOptions(task.learning_rate).momentum(0.9));
   std::vector<double> losses;
   losses.reserve(task.steps);
   for (int step = 0; step < task.steps; ++step) {

@@ -23,9 +23,9 @@ struct MlpTask {
 // from `task.seed`.
 torch::nn::Sequential make_mlp(const MlpTask& task);
 
-// Trains with SGD with momentum on fresh batches of y = sin(2 x.a) + 0.5 (x.b)^2 (fixed a, b; x ~ N(0, 1)),
-// calling `before_step(step)` first and `after_step(step, loss)` after each step. Returns the
-// loss of every step. The data depends only on the seed, never on where layers run.
+// Trains with SGD with momentum on fresh batches of y = sin(2 x.a) + 0.5 (x.b)^2 (fixed a, b; x ~
+// N(0, 1)), calling `before_step(step)` first and `after_step(step, loss)` after each step. Returns
+// the loss of every step. The data depends only on the seed, never on where layers run.
 std::vector<double> train_mlp(torch::nn::Sequential& model, const MlpTask& task,
                               const std::function<void(int)>& before_step = {},
                               const std::function<void(int, double)>& after_step = {});

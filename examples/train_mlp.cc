@@ -38,8 +38,8 @@ int main(int argc, char** argv) {
               patched.replaced.size(), targets.c_str());
 
   const int report_every = std::max(1, task.steps / 10);
-  const std::vector<double> losses = vb::examples::train_mlp(
-      model, task, {}, [&](int step, double loss) {
+  const std::vector<double> losses =
+      vb::examples::train_mlp(model, task, {}, [&](int step, double loss) {
         if (step % report_every == 0 || step == task.steps - 1) {
           std::printf("step %4d  loss %.5f\n", step, loss);
         }

@@ -32,9 +32,9 @@ WeightUpload::WeightUpload(ComputeService* service, std::string digest, uint64_t
 
 absl::Status WeightUpload::append(const void* data, size_t size) {
   if (received_ + size > byte_size_) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("upload of ", digest_, " received ", received_ + size,
-                     " bytes but header.byte_size = ", byte_size_));
+    return absl::InvalidArgumentError(absl::StrCat("upload of ", digest_, " received ",
+                                                   received_ + size,
+                                                   " bytes but header.byte_size = ", byte_size_));
   }
   std::memcpy(static_cast<char*>(bytes_.data_ptr()) + received_, data, size);
   hash_.update(data, size);
@@ -81,8 +81,8 @@ double ComputeService::uptime_s() const { return micros_since(started_) / 1e6; }
 absl::Status ComputeService::check_request_bytes(uint64_t bytes, absl::string_view what) const {
   if (bytes <= options_.max_request_bytes) return absl::OkStatus();
   return absl::ResourceExhaustedError(absl::StrCat(
-      what, " carries ", bytes, " bytes, over this daemon's limits.max_request_bytes = ",
-      options_.max_request_bytes));
+      what, " carries ", bytes,
+      " bytes, over this daemon's limits.max_request_bytes = ", options_.max_request_bytes));
 }
 
 absl::StatusOr<std::unique_ptr<WeightUpload>> ComputeService::begin_upload(
@@ -114,9 +114,9 @@ absl::StatusOr<at::Tensor> ComputeService::resolve_weight(const std::string& dig
   }
   const int64_t stored = blob->numel();
   if (stored != spec.byte_size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "byte count mismatch: ", field, ".spec = ", spec.to_string(), " needs ",
-        spec.byte_size(), " bytes but ", field, ".digest names ", stored, " bytes"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("byte count mismatch: ", field, ".spec = ", spec.to_string(), " needs ",
+                     spec.byte_size(), " bytes but ", field, ".digest names ", stored, " bytes"));
   }
   // The view keeps the blob alive, so eviction during the call cannot pull the bytes away.
   return at::from_blob(
@@ -147,8 +147,7 @@ absl::StatusOr<at::Tensor> ComputeService::linear_forward(const backends::Linear
 
 absl::StatusOr<backends::LinearGrads> ComputeService::linear_backward(
     const backends::LinearBackwardArgs& args, ComputeTiming* timing) {
-  return run_queued<backends::LinearGrads>([&] { return backend_->linear_backward(args); },
-                                           timing);
+  return run_queued<backends::LinearGrads>([&] { return backend_->linear_backward(args); }, timing);
 }
 
 }  // namespace vb::server

@@ -280,9 +280,9 @@ grpc::Status GrpcComputeService::LinearBackward(
     VB_ASSIGN_OR_RETURN(backends::LinearGrads grads, service_->linear_backward(args, &timing));
     std::vector<std::string> out_names;
     std::vector<at::Tensor> outputs;
-    for (auto [name, tensor] : {std::pair{"grad_input", &grads.grad_input},
-                                std::pair{"grad_weight", &grads.grad_weight},
-                                std::pair{"grad_bias", &grads.grad_bias}}) {
+    for (auto [name, tensor] :
+         {std::pair{"grad_input", &grads.grad_input}, std::pair{"grad_weight", &grads.grad_weight},
+          std::pair{"grad_bias", &grads.grad_bias}}) {
       if (!tensor->defined()) continue;
       out_names.emplace_back(name);
       outputs.push_back(*tensor);

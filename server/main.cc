@@ -45,15 +45,16 @@ int main(int argc, char** argv) {
   // Tests and scripts read this line to learn the port when --port 0 was given.
   std::printf("vbd listening on %s:%d\n", options->host.c_str(), (*server)->port());
   std::fflush(stdout);
-  VB_LOG_INFO("vbd serving on ", options->host, ":", (*server)->port(), " with ",
-              options->workers, " worker(s), queue ", options->max_queue,
+  VB_LOG_INFO("vbd serving on ", options->host, ":", (*server)->port(), " with ", options->workers,
+              " worker(s), queue ", options->max_queue,
               options->config_path.empty() ? "" : ", config ", options->config_path);
 
   int signal_number = 0;
   sigwait(&stop_signals, &signal_number);
   VB_LOG_INFO("received ", signal_number == SIGTERM ? "SIGTERM" : "SIGINT",
               ": draining calls in flight (up to ", options->drain_timeout_s, " s)");
-  const auto drain = std::chrono::milliseconds(static_cast<int64_t>(options->drain_timeout_s * 1000));
+  const auto drain =
+      std::chrono::milliseconds(static_cast<int64_t>(options->drain_timeout_s * 1000));
   (*server)->shutdown(drain);
   // Destroying the server closes its connections in order, so clients read every byte of
   // the last answers (an abrupt exit can reset a connection with unread data in flight).

@@ -18,7 +18,7 @@ struct CallRecord {
   uint64_t bytes_in = 0;
   uint64_t bytes_out = 0;
   double total_us = 0;
-  double queue_us = -1;    // < 0: the call never reached the queue
+  double queue_us = -1;  // < 0: the call never reached the queue
   double compute_us = -1;
 };
 

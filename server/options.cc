@@ -28,8 +28,7 @@ struct KeyDef {
 };
 
 absl::Status bad_value(absl::string_view key, absl::string_view value, absl::string_view expected) {
-  return absl::InvalidArgumentError(
-      absl::StrCat(key, " = \"", value, "\": expected ", expected));
+  return absl::InvalidArgumentError(absl::StrCat(key, " = \"", value, "\": expected ", expected));
 }
 
 template <typename Int>
@@ -48,7 +47,8 @@ Setter bytes_setter(uint64_t ServerOptions::*member, std::string key) {
   return [=](ServerOptions& o, absl::string_view value) -> absl::Status {
     absl::StatusOr<uint64_t> parsed = parse_byte_size(value);
     if (!parsed.ok() || *parsed == 0) {
-      return bad_value(key, value, "a positive byte size such as 1073741824, \"512MiB\" or \"4GiB\"");
+      return bad_value(key, value,
+                       "a positive byte size such as 1073741824, \"512MiB\" or \"4GiB\"");
     }
     o.*member = *parsed;
     return absl::OkStatus();
@@ -192,9 +192,11 @@ const std::vector<OptionKey>& option_keys() {
 absl::StatusOr<uint64_t> parse_byte_size(absl::string_view text) {
   absl::string_view digits = absl::StripAsciiWhitespace(text);
   uint64_t multiplier = 1;
-  static const std::pair<absl::string_view, uint64_t> kSuffixes[] = {
-      {"KiB", uint64_t{1} << 10}, {"MiB", uint64_t{1} << 20}, {"GiB", uint64_t{1} << 30},
-      {"TiB", uint64_t{1} << 40}, {"B", 1}};
+  static const std::pair<absl::string_view, uint64_t> kSuffixes[] = {{"KiB", uint64_t{1} << 10},
+                                                                     {"MiB", uint64_t{1} << 20},
+                                                                     {"GiB", uint64_t{1} << 30},
+                                                                     {"TiB", uint64_t{1} << 40},
+                                                                     {"B", 1}};
   for (const auto& [suffix, factor] : kSuffixes) {
     if (absl::EndsWith(digits, suffix)) {
       digits = absl::StripAsciiWhitespace(digits.substr(0, digits.size() - suffix.size()));

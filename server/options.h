@@ -13,11 +13,11 @@ namespace vb::server {
 struct ServerOptions {
   // [server]
   std::string host = "127.0.0.1";
-  int port = 50551;  // 0 picks a free port; vbd prints the one it bound
+  int port = 50551;             // 0 picks a free port; vbd prints the one it bound
   double drain_timeout_s = 30;  // SIGTERM: how long calls in flight may take to finish
   // [limits]
-  uint32_t workers = 2;      // compute calls running at once
-  uint32_t max_queue = 64;   // compute calls waiting; one more is RESOURCE_EXHAUSTED
+  uint32_t workers = 2;     // compute calls running at once
+  uint32_t max_queue = 64;  // compute calls waiting; one more is RESOURCE_EXHAUSTED
   uint64_t max_request_bytes = uint64_t{1} << 30;  // tensor bytes one call may carry
   // [store]
   uint64_t store_capacity_bytes = uint64_t{4} << 30;

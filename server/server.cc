@@ -81,8 +81,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::start(const ServerOptions& optio
   builder.SetMaxReceiveMessageSize(static_cast<int>(wire::kMaxChunkBytes + (64 << 10)));
   server->grpc_server_ = builder.BuildAndStart();
   if (server->grpc_server_ == nullptr || server->port_ == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", address,
-                                               " (address in use, or not an address of this host)"));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", address, " (address in use, or not an address of this host)"));
   }
   server->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
   server->grpc_server_->GetHealthCheckService()->SetServingStatus("vb.v1.Compute", true);
@@ -102,7 +102,8 @@ void Server::shutdown(std::chrono::milliseconds drain) {
     if (idle) {
       let_answers_land(port_);
     } else {
-      VB_LOG_WARNING("drain timeout of ", drain.count(), " ms passed with calls still running; "
+      VB_LOG_WARNING("drain timeout of ", drain.count(),
+                     " ms passed with calls still running; "
                      "cancelling them");
     }
     // Nothing runs any more (or the drain time is spent): close the connections now rather

@@ -19,8 +19,8 @@ absl::Status WorkQueue::submit(std::function<void()> task) {
   if (waiting_after > max_queue_) {
     ++rejected_;
     return absl::ResourceExhaustedError(absl::StrCat(
-        "work queue full: ", running_, " call(s) running on ", threads_.size(),
-        " worker(s) and ", queue_.size(), " waiting (limits.max_queue = ", max_queue_, ")"));
+        "work queue full: ", running_, " call(s) running on ", threads_.size(), " worker(s) and ",
+        queue_.size(), " waiting (limits.max_queue = ", max_queue_, ")"));
   }
   queue_.push_back(std::move(task));
   wake_.notify_one();

@@ -59,9 +59,9 @@ absl::StatusOr<TensorSpec> spec_from_proto(const v1::TensorSpec& spec, absl::str
       out.dtype = DType::kFloat64;
       break;
     default:
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, ".dtype = ", v1::DType_Name(spec.dtype()), " (", spec.dtype(),
-                       "): expected DTYPE_FLOAT32, DTYPE_FLOAT16, DTYPE_BFLOAT16 or DTYPE_FLOAT64"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ".dtype = ", v1::DType_Name(spec.dtype()), " (", spec.dtype(),
+          "): expected DTYPE_FLOAT32, DTYPE_FLOAT16, DTYPE_BFLOAT16 or DTYPE_FLOAT64"));
   }
   out.shape.assign(spec.shape().begin(), spec.shape().end());
   VB_RETURN_IF_ERROR(validate_spec(out, field));
@@ -72,16 +72,16 @@ TensorAssembler::TensorAssembler(std::vector<std::string> names, std::vector<Ten
     : names_(std::move(names)), specs_(std::move(specs)), filled_(specs_.size(), 0) {
   tensors_.reserve(specs_.size());
   for (const TensorSpec& spec : specs_) {
-    tensors_.push_back(at::empty(spec.shape, at::TensorOptions().dtype(to_scalar_type(spec.dtype))));
+    tensors_.push_back(
+        at::empty(spec.shape, at::TensorOptions().dtype(to_scalar_type(spec.dtype))));
   }
 }
 
 absl::Status TensorAssembler::add(const v1::TensorChunk& chunk) {
   const uint32_t index = chunk.tensor_index();
   if (index >= specs_.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("chunk.tensor_index = ", index,
-                                                   ": the header announced ", specs_.size(),
-                                                   " tensor(s)"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "chunk.tensor_index = ", index, ": the header announced ", specs_.size(), " tensor(s)"));
   }
   const std::string& data = chunk.data();
   if (data.size() > kMaxChunkBytes) {
@@ -92,9 +92,9 @@ absl::Status TensorAssembler::add(const v1::TensorChunk& chunk) {
   const int64_t expected = specs_[index].byte_size();
   const int64_t size = static_cast<int64_t>(data.size());
   if (filled_[index] + size > expected) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        names_[index], " received ", filled_[index] + size, " bytes but ",
-        specs_[index].to_string(), " has ", expected, " bytes"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(names_[index], " received ", filled_[index] + size, " bytes but ",
+                     specs_[index].to_string(), " has ", expected, " bytes"));
   }
   std::memcpy(static_cast<char*>(tensors_[index].data_ptr()) + filled_[index], data.data(),
               data.size());
@@ -106,9 +106,9 @@ absl::Status TensorAssembler::add(const v1::TensorChunk& chunk) {
 absl::Status TensorAssembler::finish() const {
   for (size_t i = 0; i < specs_.size(); ++i) {
     if (filled_[i] != specs_[i].byte_size()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "stream ended after ", filled_[i], " of ", specs_[i].byte_size(), " bytes of ",
-          names_[i], " ", specs_[i].to_string()));
+      return absl::InvalidArgumentError(absl::StrCat("stream ended after ", filled_[i], " of ",
+                                                     specs_[i].byte_size(), " bytes of ", names_[i],
+                                                     " ", specs_[i].to_string()));
     }
   }
   return absl::OkStatus();

@@ -33,9 +33,7 @@ v1::TensorSpec spec(v1::DType dtype, std::vector<int64_t> shape) {
 
 class BadInputTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    daemon_ = new DaemonProcess({"--max-request-bytes", "1MiB"});
-  }
+  static void SetUpTestSuite() { daemon_ = new DaemonProcess({"--max-request-bytes", "1MiB"}); }
   static void TearDownTestSuite() {
     delete daemon_;
     daemon_ = nullptr;
@@ -163,8 +161,7 @@ TEST_F(BadInputTest, MoreBytesThanTheShapeHolds) {
 
 TEST_F(BadInputTest, ChunkStreamCutShort) {
   expect_status(forward(good_header(), {{0, std::string(16, '\0')}}),
-                grpc::StatusCode::INVALID_ARGUMENT,
-                {"stream ended after 16 of 24 bytes of input"});
+                grpc::StatusCode::INVALID_ARGUMENT, {"stream ended after 16 of 24 bytes of input"});
 }
 
 TEST_F(BadInputTest, ChunkForATensorNobodyAnnounced) {

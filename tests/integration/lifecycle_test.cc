@@ -23,6 +23,25 @@ struct HeavyCall {
   at::Tensor expected() const { return input.mm(weight.t()); }
 };
 
+// Starts `count` threads, each with its own connection, each running `call` once and
+// checking its result; the statuses land in `results` as the threads finish.
+std::vector<std::thread> start_callers(const DaemonProcess& daemon, const HeavyCall& call,
+                                       std::vector<absl::Status>* results) {
+  std::vector<std::thread> callers;
+  for (size_t i = 0; i < results->size(); ++i) {
+    callers.emplace_back([&daemon, &call, results, i] {
+      DaemonClient own(daemon.address());
+      TransferCount transfer;
+      absl::StatusOr<at::Tensor> y =
+          own.linear_forward(call.input, call.ref(), at::Tensor(), &transfer);
+      (*results)[i] = y.ok() && relative_error(*y, call.expected()) > 1e-5
+                          ? absl::InternalError("wrong result")
+                          : y.status();
+    });
+  }
+  return callers;
+}
+
 uint32_t inflight_calls(DaemonClient& client) {
   absl::StatusOr<v1::GetStatsResponse> stats = client.get_stats();
   return stats.ok() ? stats->queue().inflight_calls() : 0;
@@ -41,21 +60,8 @@ TEST(LifecycleTest, FullQueueAnswersResourceExhaustedAtOnce) {
   TransferCount transfer;
   ASSERT_TRUE(client.upload_weight(call.ref(), &transfer).ok());
 
-  constexpr int kCallers = 6;
-  std::vector<absl::Status> results(kCallers);
-  std::vector<std::thread> callers;
-  for (int i = 0; i < kCallers; ++i) {
-    callers.emplace_back([&, i] {
-      DaemonClient own(daemon.address());
-      TransferCount t;
-      absl::StatusOr<at::Tensor> y = own.linear_forward(call.input, call.ref(), at::Tensor(), &t);
-      if (y.ok() && relative_error(*y, call.expected()) > 1e-5) {
-        results[i] = absl::InternalError("wrong result");
-      } else {
-        results[i] = y.status();
-      }
-    });
-  }
+  std::vector<absl::Status> results(6);
+  std::vector<std::thread> callers = start_callers(daemon, call, &results);
   for (std::thread& t : callers) t.join();
   int ok = 0;
   int refused = 0;
@@ -88,17 +94,7 @@ TEST(LifecycleTest, SigtermFinishesEveryAcceptedCallAndExitsZero) {
 
   constexpr uint32_t kCallers = 4;
   std::vector<absl::Status> results(kCallers);
-  std::vector<std::thread> callers;
-  for (uint32_t i = 0; i < kCallers; ++i) {
-    callers.emplace_back([&, i] {
-      DaemonClient own(daemon.address());
-      TransferCount t;
-      absl::StatusOr<at::Tensor> y = own.linear_forward(call.input, call.ref(), at::Tensor(), &t);
-      results[i] = y.ok() && relative_error(*y, call.expected()) > 1e-5
-                       ? absl::InternalError("wrong result")
-                       : y.status();
-    });
-  }
+  std::vector<std::thread> callers = start_callers(daemon, call, &results);
   // Wait (bounded) until the daemon has all of them in hand, then ask it to stop.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
   while (inflight_calls(client) < kCallers && std::chrono::steady_clock::now() < deadline) {

@@ -83,7 +83,8 @@ TEST(OptionsTest, FlagsOverrideTheFile) {
 }
 
 TEST(OptionsTest, ErrorsNameKeyValueAndExpectation) {
-  absl::StatusOr<server::ServerOptions> bad_port = server::parse_server_options({"--port", "70000"});
+  absl::StatusOr<server::ServerOptions> bad_port =
+      server::parse_server_options({"--port", "70000"});
   EXPECT_THAT(message_of(bad_port.status()),
               HasSubstr("server.port = \"70000\": expected an integer from 0 to 65535"));
   absl::StatusOr<server::ServerOptions> unknown = server::parse_server_options({"--prot", "1"});
@@ -126,7 +127,8 @@ TEST(OptionsTest, EffectiveConfigRoundTripsThroughToml) {
 // ---- specs and the Linear contract ----
 
 TEST(TensorSpecTest, RejectsBadShapesWithFieldAndValue) {
-  EXPECT_THAT(message_of(validate_spec({DType::kFloat32, {}}, "x")), HasSubstr("x.shape = [] has rank 0"));
+  EXPECT_THAT(message_of(validate_spec({DType::kFloat32, {}}, "x")),
+              HasSubstr("x.shape = [] has rank 0"));
   EXPECT_THAT(message_of(validate_spec({DType::kFloat32, {3, -1}}, "x")),
               HasSubstr("x.shape[1] = -1"));
   EXPECT_THAT(message_of(validate_spec({DType::kFloat32, {0}}, "x")), HasSubstr("x.shape[0] = 0"));
@@ -137,8 +139,8 @@ TEST(TensorSpecTest, RejectsBadShapesWithFieldAndValue) {
 }
 
 TEST(LinearOpTest, ForwardAndBackwardSpecs) {
-  backends::LinearForwardSpecs forward{{DType::kFloat32, {2, 5, 8}}, {DType::kFloat32, {3, 8}},
-                                       TensorSpec{DType::kFloat32, {3}}};
+  backends::LinearForwardSpecs forward{
+      {DType::kFloat32, {2, 5, 8}}, {DType::kFloat32, {3, 8}}, TensorSpec{DType::kFloat32, {3}}};
   absl::StatusOr<TensorSpec> out = backends::check_linear_forward(forward);
   ASSERT_TRUE(out.ok());
   EXPECT_EQ(out->shape, (std::vector<int64_t>{2, 5, 3}));
@@ -225,11 +227,13 @@ TEST(WorkQueueTest, FullQueueRefusesAtOnceAndShutdownDrains) {
   Gate gate;
   Gate started;
   std::atomic<int> done{0};
-  ASSERT_TRUE(queue.submit([&] {
-    started.open();
-    gate.wait();
-    ++done;
-  }).ok());
+  ASSERT_TRUE(queue
+                  .submit([&] {
+                    started.open();
+                    gate.wait();
+                    ++done;
+                  })
+                  .ok());
   started.wait();  // the worker is busy now
   ASSERT_TRUE(queue.submit([&] { ++done; }).ok()) << "one may wait";
   const absl::Status full = queue.submit([&] { ++done; });
@@ -326,8 +330,8 @@ TEST(CodecTest, AssemblerRebuildsChunkedTensorsAndRefusesWhatDoesNotAddUp) {
     return true;
   }));
   EXPECT_EQ(chunks.size(), 84u + 1u);  // 84000 bytes in 1000-byte pieces, then b
-  wire::TensorAssembler assembler({"a", "b"}, {{DType::kFloat32, {300, 70}},
-                                               {DType::kBFloat16, {5}}});
+  wire::TensorAssembler assembler({"a", "b"},
+                                  {{DType::kFloat32, {300, 70}}, {DType::kBFloat16, {5}}});
   for (const v1::TensorChunk& chunk : chunks) ASSERT_TRUE(assembler.add(chunk).ok());
   ASSERT_TRUE(assembler.finish().ok());
   EXPECT_TRUE(assembler.tensors()[0].equal(a));
@@ -347,8 +351,7 @@ TEST(CodecTest, SpecFromProtoRefusesUnknownDtypes) {
   v1::TensorSpec spec;
   spec.set_dtype(static_cast<v1::DType>(42));
   spec.add_shape(2);
-  EXPECT_THAT(message_of(wire::spec_from_proto(spec, "input").status()),
-              HasSubstr("input.dtype"));
+  EXPECT_THAT(message_of(wire::spec_from_proto(spec, "input").status()), HasSubstr("input.dtype"));
 }
 
 // ---- statistics ----

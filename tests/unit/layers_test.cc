@@ -70,7 +70,8 @@ TEST(CpuBackendTest, HalfTypesAccumulateInFloat32) {
 
 TEST(CpuBackendTest, RefusesBadTensorsWithStatus) {
   backends::CpuBackend cpu;
-  absl::StatusOr<at::Tensor> wrong = cpu.linear_forward({torch::randn({2, 3}), torch::randn({4, 5}), {}});
+  absl::StatusOr<at::Tensor> wrong =
+      cpu.linear_forward({torch::randn({2, 3}), torch::randn({4, 5}), {}});
   EXPECT_TRUE(absl::IsInvalidArgument(wrong.status()));
   EXPECT_THAT(std::string(wrong.status().message()), HasSubstr("shape mismatch"));
   absl::StatusOr<at::Tensor> ints =
@@ -127,8 +128,7 @@ TEST(RouterTest, RejectsMalformedTargets) {
 std::shared_ptr<Router> local_router() { return *Router::create({"local"}); }
 
 TEST(PatchModelTest, SwapsLinearsInSequentialAndModuleListKeepingParameters) {
-  torch::nn::Sequential model(torch::nn::Linear(4, 8), torch::nn::ReLU(),
-                              torch::nn::Linear(8, 2));
+  torch::nn::Sequential model(torch::nn::Linear(4, 8), torch::nn::ReLU(), torch::nn::Linear(8, 2));
   const std::vector<at::Tensor> before = model->parameters();
   const at::Tensor x = torch::randn({3, 4});
   const at::Tensor expected = model->forward(x);
@@ -145,8 +145,7 @@ TEST(PatchModelTest, SwapsLinearsInSequentialAndModuleListKeepingParameters) {
 
   torch::nn::ModuleList list(torch::nn::Linear(2, 2),
                              torch::nn::Sequential(torch::nn::ReLU(), torch::nn::Linear(2, 2)));
-  EXPECT_EQ(patch_model(*list, local_router()).replaced,
-            (std::vector<std::string>{"0", "1.1"}));
+  EXPECT_EQ(patch_model(*list, local_router()).replaced, (std::vector<std::string>{"0", "1.1"}));
   EXPECT_NE(list->ptr<nn::RemoteLinearImpl>(0), nullptr);
   EXPECT_NE(list->ptr<torch::nn::SequentialImpl>(1)->ptr<nn::RemoteLinearImpl>(1), nullptr);
 }
