@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/TensorOptions.h>
 
 #include <string>
 #include <vector>
@@ -17,12 +18,25 @@ struct DeviceDescription {
   std::string name;
   uint64_t total_memory_bytes = 0;
   uint64_t free_memory_bytes = 0;
+  std::string platform;            // "CPU", "CUDA", "ROCm", ...
+  std::string compute_capability;  // "9.0" on an H100; empty where it does not apply
+  std::string driver_version;
+  std::string runtime_version;
+};
+
+// Where a call runs: a device index of the backend, or -1 to let the backend choose (the
+// least loaded). `weight_key` (the weight's digest) lets a backend keep the weight resident
+// on the device between calls; empty means "do not cache".
+struct Placement {
+  int device_index = -1;
+  std::string weight_key;
 };
 
 struct LinearForwardArgs {
   at::Tensor input;   // [..., in_features]
   at::Tensor weight;  // [out_features, in_features]
   at::Tensor bias;    // [out_features], or undefined
+  Placement placement{};
 };
 
 struct LinearBackwardArgs {
@@ -32,6 +46,7 @@ struct LinearBackwardArgs {
   bool need_grad_input = true;
   bool need_grad_weight = true;
   bool need_grad_bias = true;
+  Placement placement{};
 };
 
 struct LinearGrads {
@@ -45,6 +60,12 @@ class Backend {
   virtual ~Backend() = default;
 
   virtual std::vector<DeviceDescription> devices() const = 0;
+
+  // How to allocate the host tensors that feed this backend (received inputs): pinned
+  // memory for a GPU backend, so that no pageable copy sits on the path to the device.
+  virtual at::TensorOptions host_tensor_options() const { return at::TensorOptions(); }
+  // INVALID_ARGUMENT when `device_index` is neither -1 nor one of this backend's devices.
+  virtual absl::Status check_placement(const Placement& placement) const;
 
   // Outputs are contiguous host tensors of the inputs' dtype. Every check of
   // check_linear_forward / check_linear_backward is applied to the tensors first.

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "backends/linear_op.h"
 #include "backends/tensor_util.h"
 #include "common/status_macros.h"
@@ -48,6 +49,14 @@ uint64_t mem_available_bytes() {
 
 }  // namespace
 
+absl::Status Backend::check_placement(const Placement& placement) const {
+  const int count = static_cast<int>(devices().size());
+  if (placement.device_index >= -1 && placement.device_index < count) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("device_index = ", placement.device_index,
+                                                 ": this daemon has ", count, " device(s), 0 to ",
+                                                 count - 1, " (or leave it unset)"));
+}
+
 std::vector<DeviceDescription> CpuBackend::devices() const {
   DeviceDescription cpu;
   cpu.kind = "cpu";
@@ -56,6 +65,7 @@ std::vector<DeviceDescription> CpuBackend::devices() const {
   cpu.total_memory_bytes = static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) *
                            static_cast<uint64_t>(sysconf(_SC_PAGE_SIZE));
   cpu.free_memory_bytes = mem_available_bytes();
+  cpu.platform = "CPU";
   return {cpu};
 }
 

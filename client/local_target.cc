@@ -13,7 +13,11 @@ backends::CpuBackend& cpu() {
 
 absl::StatusOr<at::Tensor> LocalTarget::linear_forward(const LinearForwardCall& call,
                                                        TransferCount*) {
-  return cpu().linear_forward({call.input, call.weight.tensor, call.bias});
+  backends::LinearForwardArgs args;
+  args.input = call.input;
+  args.weight = call.weight.tensor;
+  args.bias = call.bias;
+  return cpu().linear_forward(args);
 }
 
 absl::StatusOr<backends::LinearGrads> LocalTarget::linear_backward(const LinearBackwardCall& call,

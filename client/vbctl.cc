@@ -74,9 +74,14 @@ class InfoCommand final : public Command {
     std::cout << "vbd " << info->version() << " at " << client.address() << " (LibTorch "
               << info->torch_version() << ")\n\ndevices:\n";
     for (const vb::v1::DeviceInfo& d : info->devices()) {
-      std::cout << absl::StrFormat("  %s:%d  %s  memory %s total, %s free\n", d.kind(), d.index(),
-                                   d.name(), human_bytes(d.total_memory_bytes()),
-                                   human_bytes(d.free_memory_bytes()));
+      std::cout << absl::StrFormat(
+          "  %s:%d  %s (%s)  memory %s total, %s free\n", d.kind(), d.index(), d.name(),
+          d.platform(), human_bytes(d.total_memory_bytes()), human_bytes(d.free_memory_bytes()));
+      if (!d.compute_capability().empty()) {
+        std::cout << absl::StrFormat("        compute capability %s, driver %s, runtime %s\n",
+                                     d.compute_capability(), d.driver_version(),
+                                     d.runtime_version());
+      }
     }
     const vb::v1::Limits& l = info->limits();
     std::cout << absl::StrFormat("\nlimits: %d worker(s), queue %d, max request %s, max chunk %s\n",

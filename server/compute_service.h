@@ -64,6 +64,11 @@ class ComputeService {
   const ServerOptions& options() const { return options_; }
   Info info() const;
 
+  absl::Status check_placement(const backends::Placement& placement) const {
+    return backend_->check_placement(placement);
+  }
+  at::TensorOptions host_tensor_options() const { return backend_->host_tensor_options(); }
+
   // RESOURCE_EXHAUSTED when a call would carry more than limits.max_request_bytes.
   absl::Status check_request_bytes(uint64_t bytes, absl::string_view what) const;
 

@@ -134,6 +134,10 @@ grpc::Status GrpcComputeService::GetInfo(grpc::ServerContext*, const v1::GetInfo
     out->set_name(device.name);
     out->set_total_memory_bytes(device.total_memory_bytes);
     out->set_free_memory_bytes(device.free_memory_bytes);
+    out->set_platform(device.platform);
+    out->set_compute_capability(device.compute_capability);
+    out->set_driver_version(device.driver_version);
+    out->set_runtime_version(device.runtime_version);
   }
   const ServerOptions& options = service_->options();
   v1::Limits* limits = response->mutable_limits();
@@ -218,9 +222,12 @@ grpc::Status GrpcComputeService::LinearForward(
     VB_RETURN_IF_ERROR(backends::check_linear_forward(specs).status());
     VB_RETURN_IF_ERROR(service_->check_request_bytes(spec_bytes(inline_specs), "LinearForward"));
     backends::LinearForwardArgs args;
+    args.placement = {header.has_device_index() ? header.device_index() : -1,
+                      header.weight().digest()};
+    VB_RETURN_IF_ERROR(service_->check_placement(args.placement));
     VB_ASSIGN_OR_RETURN(args.weight,
                         service_->resolve_weight(header.weight().digest(), specs.weight, "weight"));
-    wire::TensorAssembler assembler(names, inline_specs);
+    wire::TensorAssembler assembler(names, inline_specs, service_->host_tensor_options());
     absl::Status received = read_chunks<v1::LinearForwardRequest>(stream, &assembler);
     scope.record.bytes_in = assembler.bytes_received();
     VB_RETURN_IF_ERROR(received);
@@ -266,9 +273,12 @@ grpc::Status GrpcComputeService::LinearBackward(
     VB_RETURN_IF_ERROR(backends::check_linear_backward(specs).status());
     VB_RETURN_IF_ERROR(service_->check_request_bytes(spec_bytes(inline_specs), "LinearBackward"));
     backends::LinearBackwardArgs args;
+    args.placement = {header.has_device_index() ? header.device_index() : -1,
+                      header.weight().digest()};
+    VB_RETURN_IF_ERROR(service_->check_placement(args.placement));
     VB_ASSIGN_OR_RETURN(args.weight,
                         service_->resolve_weight(header.weight().digest(), specs.weight, "weight"));
-    wire::TensorAssembler assembler(names, inline_specs);
+    wire::TensorAssembler assembler(names, inline_specs, service_->host_tensor_options());
     absl::Status received = read_chunks<v1::LinearBackwardRequest>(stream, &assembler);
     scope.record.bytes_in = assembler.bytes_received();
     VB_RETURN_IF_ERROR(received);

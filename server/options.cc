@@ -13,6 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "backends/device_manager.h"
 #include "common/log.h"
 #include "common/status_macros.h"
 
@@ -98,6 +99,34 @@ const std::vector<KeyDef>& key_defs() {
                   "LibTorch intra-op threads; 0 keeps LibTorch's default (0)"},
                  int_setter(&ServerOptions::compute_threads, 0, 1024, "compute.threads"),
                  [](const ServerOptions& o) { return absl::StrCat(o.compute_threads); }});
+    d.push_back(
+        {{"compute.allow_tf32", "allow-tf32",
+          "TF32 for float32 matmuls on GPUs; off keeps results close to the CPU (false)"},
+         [](ServerOptions& o, absl::string_view v) -> absl::Status {
+           if (v != "true" && v != "false") {
+             return bad_value("compute.allow_tf32", v, "true or false");
+           }
+           o.allow_tf32 = v == "true";
+           return absl::OkStatus();
+         },
+         [](const ServerOptions& o) { return std::string(o.allow_tf32 ? "true" : "false"); }});
+    d.push_back({{"devices.order", "device-order",
+                  "accelerator kinds by preference; the first present is used "
+                  "(cuda,hpu,npu,xpu,cpu)"},
+                 [](ServerOptions& o, absl::string_view v) -> absl::Status {
+                   absl::Status parsed = backends::parse_device_order(v).status();
+                   if (!parsed.ok()) return parsed;
+                   o.device_order = std::string(v);
+                   return absl::OkStatus();
+                 },
+                 [](const ServerOptions& o) { return absl::StrCat("\"", o.device_order, "\""); }});
+    d.push_back({{"devices.npu_library", "npu-library",
+                  "torch_npu's shared library, loaded before detecting Ascend NPUs (none)"},
+                 [](ServerOptions& o, absl::string_view v) -> absl::Status {
+                   o.npu_library = std::string(v);
+                   return absl::OkStatus();
+                 },
+                 [](const ServerOptions& o) { return absl::StrCat("\"", o.npu_library, "\""); }});
     d.push_back({{"log.level", "log-level", "debug, info, warning or error (info)"},
                  [](ServerOptions& o, absl::string_view v) -> absl::Status {
                    LogLevel level;

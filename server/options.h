@@ -23,6 +23,10 @@ struct ServerOptions {
   uint64_t store_capacity_bytes = uint64_t{4} << 30;
   // [compute]
   int compute_threads = 0;  // LibTorch intra-op threads; 0 keeps LibTorch's choice
+  bool allow_tf32 = false;  // TF32 for float32 matmuls on GPUs
+  // [devices]
+  std::string device_order = "cuda,hpu,npu,xpu,cpu";  // first kind present wins
+  std::string npu_library;  // torch_npu's library, loaded before detection
   // [log]
   std::string log_level = "info";
   // The file the options came from, if any (not a key).

@@ -11,7 +11,13 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "backends/cpu_backend.h"
+#include "backends/device_manager.h"
+#include "common/status_macros.h"
+#ifdef VB_WITH_CUDA
+#include "backends/cuda/cuda_backend.h"
+#endif
 #include "common/log.h"
 #include "wire/codec.h"
 
@@ -52,6 +58,40 @@ void let_answers_land(int port) {
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
 }
 
+// The backend for the accelerators this host has, in the configured order of preference.
+absl::StatusOr<std::unique_ptr<backends::Backend>> make_backend(const ServerOptions& options) {
+  backends::DeviceManagerOptions devices;
+  VB_ASSIGN_OR_RETURN(devices.order, backends::parse_device_order(options.device_order));
+  devices.npu_library = options.npu_library;
+#ifdef VB_WITH_CUDA
+  std::shared_ptr<backends::AcceleratorRuntime> runtime = backends::cuda::cuda_runtime();
+#else
+  std::shared_ptr<backends::AcceleratorRuntime> runtime = backends::libtorch_runtime();
+#endif
+  VB_ASSIGN_OR_RETURN(backends::DeviceManager manager,
+                      backends::DeviceManager::detect(devices, runtime));
+  VB_LOG_INFO("devices: ", manager.platform(), " x", manager.device_count(), " (",
+              absl::StrJoin(manager.device_names(), ", "), ")");
+  switch (manager.kind()) {
+    case backends::AcceleratorKind::kCpu:
+      return std::make_unique<backends::CpuBackend>();
+    case backends::AcceleratorKind::kCuda: {
+#ifdef VB_WITH_CUDA
+      backends::cuda::CudaBackendOptions cuda;
+      cuda.allow_tf32 = options.allow_tf32;
+      return backends::cuda::create_cuda_backend(cuda);
+#else
+      break;
+#endif
+    }
+    default:
+      break;
+  }
+  VB_LOG_WARNING(manager.platform(), " detected, but this vbd has no compute backend for it ",
+                 "(built without it, or detection-only); computing on the CPU");
+  return std::make_unique<backends::CpuBackend>();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::start(const ServerOptions& options) {
@@ -60,8 +100,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::start(const ServerOptions& optio
   if (options.compute_threads > 0) at::set_num_threads(options.compute_threads);
 
   std::unique_ptr<Server> server(new Server());
-  server->service_ =
-      std::make_unique<ComputeService>(options, std::make_unique<backends::CpuBackend>());
+  VB_ASSIGN_OR_RETURN(std::unique_ptr<backends::Backend> backend, make_backend(options));
+  server->service_ = std::make_unique<ComputeService>(options, std::move(backend));
   server->grpc_service_ = std::make_unique<GrpcComputeService>(server->service_.get());
 
   grpc::EnableDefaultHealthCheckService(true);

@@ -68,12 +68,12 @@ absl::StatusOr<TensorSpec> spec_from_proto(const v1::TensorSpec& spec, absl::str
   return out;
 }
 
-TensorAssembler::TensorAssembler(std::vector<std::string> names, std::vector<TensorSpec> specs)
+TensorAssembler::TensorAssembler(std::vector<std::string> names, std::vector<TensorSpec> specs,
+                                 at::TensorOptions options)
     : names_(std::move(names)), specs_(std::move(specs)), filled_(specs_.size(), 0) {
   tensors_.reserve(specs_.size());
   for (const TensorSpec& spec : specs_) {
-    tensors_.push_back(
-        at::empty(spec.shape, at::TensorOptions().dtype(to_scalar_type(spec.dtype))));
+    tensors_.push_back(at::empty(spec.shape, options.dtype(to_scalar_type(spec.dtype))));
   }
 }
 

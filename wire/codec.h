@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/TensorOptions.h>
 #include <grpcpp/support/status.h>
 
 #include <cstdint>
@@ -34,8 +35,10 @@ absl::StatusOr<TensorSpec> spec_from_proto(const v1::TensorSpec& spec, absl::str
 // Fills announced tensors from chunks as they arrive, refusing anything that does not add up.
 class TensorAssembler {
  public:
-  // `names` label the tensors in errors; `specs` must already be validated.
-  TensorAssembler(std::vector<std::string> names, std::vector<TensorSpec> specs);
+  // `names` label the tensors in errors; `specs` must already be validated. Tensors are
+  // allocated with `options` (pinned host memory when they feed a GPU).
+  TensorAssembler(std::vector<std::string> names, std::vector<TensorSpec> specs,
+                  at::TensorOptions options = {});
 
   absl::Status add(const v1::TensorChunk& chunk);
   // INVALID_ARGUMENT if a tensor has fewer bytes than its spec implies.

@@ -7,10 +7,12 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
 
+#include "backends/device_manager.h"
 #include "backends/linear_op.h"
 #include "backends/weight_store.h"
 #include "client/circuit_breaker.h"
@@ -352,6 +354,101 @@ TEST(CodecTest, SpecFromProtoRefusesUnknownDtypes) {
   spec.set_dtype(static_cast<v1::DType>(42));
   spec.add_shape(2);
   EXPECT_THAT(message_of(wire::spec_from_proto(spec, "input").status()), HasSubstr("input.dtype"));
+}
+
+// ---- device manager ----
+
+// Availability as a test says, so detection order can be checked without the hardware.
+class InjectedRuntime final : public backends::AcceleratorRuntime {
+ public:
+  explicit InjectedRuntime(std::map<backends::AcceleratorKind, int> counts, bool rocm = false)
+      : counts_(std::move(counts)), rocm_(rocm) {}
+  int device_count(backends::AcceleratorKind kind) const override {
+    if (kind == backends::AcceleratorKind::kCpu) return 1;
+    auto it = counts_.find(kind);
+    return it == counts_.end() ? 0 : it->second;
+  }
+  std::string device_name(backends::AcceleratorKind kind, int index) const override {
+    return absl::StrCat(backends::accelerator_name(kind), "-card-", index);
+  }
+  bool cuda_is_rocm() const override { return rocm_; }
+  backends::MemoryUsage memory(backends::AcceleratorKind, int index) const override {
+    return {true, 100u * (index + 1), 200u * (index + 1)};
+  }
+  bool empty_cache(backends::AcceleratorKind) override { return ++emptied_ > 0; }
+  bool synchronize(backends::AcceleratorKind, int) override { return true; }
+  int emptied_ = 0;
+
+ private:
+  std::map<backends::AcceleratorKind, int> counts_;
+  bool rocm_;
+};
+
+backends::DeviceManager detect(const std::string& order,
+                               std::map<backends::AcceleratorKind, int> counts, bool rocm = false) {
+  backends::DeviceManagerOptions options;
+  options.order = *backends::parse_device_order(order);
+  absl::StatusOr<backends::DeviceManager> manager = backends::DeviceManager::detect(
+      options, std::make_shared<InjectedRuntime>(std::move(counts), rocm));
+  EXPECT_TRUE(manager.ok()) << manager.status();
+  return *manager;
+}
+
+TEST(DeviceManagerTest, DefaultOrderPrefersCudaThenHpuNpuXpuCpu) {
+  using K = backends::AcceleratorKind;
+  const std::string order = "cuda,hpu,npu,xpu,cpu";
+  EXPECT_EQ(detect(order, {{K::kCuda, 2}, {K::kNpu, 8}}).kind(), K::kCuda);
+  EXPECT_EQ(detect(order, {{K::kHpu, 1}, {K::kNpu, 8}, {K::kXpu, 1}}).kind(), K::kHpu);
+  EXPECT_EQ(detect(order, {{K::kNpu, 8}, {K::kXpu, 1}}).kind(), K::kNpu);
+  EXPECT_EQ(detect(order, {{K::kXpu, 1}}).kind(), K::kXpu);
+  const backends::DeviceManager cpu = detect(order, {});
+  EXPECT_EQ(cpu.kind(), K::kCpu);
+  EXPECT_EQ(cpu.device_count(), 1);
+  EXPECT_EQ(cpu.platform(), "CPU");
+}
+
+TEST(DeviceManagerTest, ConfiguredOrderCanPreferNpu) {
+  using K = backends::AcceleratorKind;
+  backends::DeviceManager npu = detect("npu,cuda", {{K::kCuda, 2}, {K::kNpu, 8}});
+  EXPECT_EQ(npu.kind(), K::kNpu);
+  EXPECT_EQ(npu.device_type(), c10::DeviceType::PrivateUse1);
+  EXPECT_EQ(npu.device_count(), 8);
+  EXPECT_EQ(npu.platform(), "Ascend NPU");
+  EXPECT_EQ(npu.device_names()[7], "npu-card-7");
+  EXPECT_EQ(detect("npu", {{K::kCuda, 2}}).kind(), K::kCpu) << "cpu is always the last resort";
+}
+
+TEST(DeviceManagerTest, RocmIsReportedAsSuchAndTheInterfaceForwards) {
+  using K = backends::AcceleratorKind;
+  backends::DeviceManager rocm = detect("cuda", {{K::kCuda, 2}}, /*rocm=*/true);
+  EXPECT_EQ(rocm.platform(), "ROCm");
+  EXPECT_EQ(rocm.memory(1).reserved_bytes, 400u);
+  EXPECT_TRUE(rocm.empty_cache());
+  EXPECT_TRUE(rocm.synchronize(0));
+}
+
+TEST(DeviceManagerTest, BadOrdersAndLibrariesAreRefusedClearly) {
+  EXPECT_THAT(message_of(backends::parse_device_order("cuda,tpu").status()),
+              HasSubstr("\"tpu\" is not a device kind"));
+  EXPECT_THAT(message_of(backends::parse_device_order("cuda,cuda").status()),
+              HasSubstr("appears twice"));
+  backends::DeviceManagerOptions options;
+  options.npu_library = "/nonexistent/libtorch_npu.so";
+  absl::Status status =
+      backends::DeviceManager::detect(options, backends::libtorch_runtime()).status();
+  EXPECT_THAT(message_of(status),
+              HasSubstr("devices.npu_library = \"/nonexistent/libtorch_npu.so\""));
+}
+
+TEST(DeviceManagerTest, ThisHostThroughLibTorch) {
+  // CI and the development machines have no accelerator and a CPU LibTorch.
+  absl::StatusOr<backends::DeviceManager> manager =
+      backends::DeviceManager::detect({}, backends::libtorch_runtime());
+  ASSERT_TRUE(manager.ok());
+  if (manager->kind() != backends::AcceleratorKind::kCpu) {
+    GTEST_SKIP() << "this host has " << manager->platform() << " devices";
+  }
+  EXPECT_EQ(manager->device_count(), 1);
 }
 
 // ---- statistics ----

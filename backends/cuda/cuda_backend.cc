@@ -1,0 +1,363 @@
+#include "backends/cuda/cuda_backend.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+
+#include <atomic>
+#include <list>
+#include <mutex>
+#include <unordered_map>
+
+#include "absl/strings/str_cat.h"
+#include "backends/cuda/copy_engine.h"
+#include "backends/linear_op.h"
+#include "backends/tensor_util.h"
+#include "common/log.h"
+#include "common/status_macros.h"
+
+namespace vb::backends::cuda {
+namespace {
+
+std::string version_string(int version) {
+  // CUDA encodes 13.0 as 13000.
+  return absl::StrCat(version / 1000, ".", (version % 1000) / 10);
+}
+
+// Weights resident on one device, least recently used evicted past the budget.
+class DeviceWeightCache {
+ public:
+  explicit DeviceWeightCache(uint64_t budget_bytes) : budget_bytes_(budget_bytes) {}
+
+  at::Tensor find(const std::string& key) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = entries_.find(key);
+    if (it == entries_.end()) return at::Tensor();
+    lru_.splice(lru_.begin(), lru_, it->second.position);
+    return it->second.tensor;
+  }
+
+  void insert(const std::string& key, const at::Tensor& tensor) {
+    const uint64_t size = tensor.numel() * tensor.element_size();
+    if (size > budget_bytes_) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (entries_.count(key)) return;
+    while (used_bytes_ + size > budget_bytes_ && !lru_.empty()) {
+      auto victim = entries_.find(lru_.back());
+      used_bytes_ -= victim->second.tensor.numel() * victim->second.tensor.element_size();
+      entries_.erase(victim);  // the caching allocator knows the streams that still use it
+      lru_.pop_back();
+    }
+    lru_.push_front(key);
+    entries_.emplace(key, Entry{tensor, lru_.begin()});
+    used_bytes_ += size;
+  }
+
+  void clear() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    entries_.clear();
+    lru_.clear();
+    used_bytes_ = 0;
+  }
+
+ private:
+  struct Entry {
+    at::Tensor tensor;
+    std::list<std::string>::iterator position;
+  };
+  const uint64_t budget_bytes_;
+  std::mutex mutex_;
+  std::unordered_map<std::string, Entry> entries_;
+  std::list<std::string> lru_;
+  uint64_t used_bytes_ = 0;
+};
+
+struct Device {
+  int index = 0;
+  std::unique_ptr<CopyEngine> copy;
+  std::unique_ptr<DeviceWeightCache> weights;
+  std::atomic<int> inflight{0};
+};
+
+class InflightGuard {
+ public:
+  explicit InflightGuard(Device& device) : device_(device) { ++device_.inflight; }
+  ~InflightGuard() { --device_.inflight; }
+
+ private:
+  Device& device_;
+};
+
+}  // namespace
+
+class CudaBackend final : public Backend {
+ public:
+  static absl::StatusOr<std::unique_ptr<Backend>> create(const CudaBackendOptions& options) {
+    const int count = visible_devices();
+    if (count == 0) return absl::UnavailableError("no CUDA device is visible");
+    auto backend = std::unique_ptr<CudaBackend>(new CudaBackend());
+    // float16 / bfloat16 products accumulate in float32; TF32 only when allowed.
+    at::globalContext().setFloat32MatmulPrecision(options.allow_tf32 ? "high" : "highest");
+    at::globalContext().setAllowFP16ReductionCuBLAS(false);
+    at::globalContext().setAllowBF16ReductionCuBLAS(false);
+    for (int i = 0; i < count; ++i) {
+      auto device = std::make_unique<Device>();
+      device->index = i;
+      VB_ASSIGN_OR_RETURN(device->copy, CopyEngine::create(i));
+      size_t free_bytes = 0;
+      size_t total_bytes = 0;
+      {
+        c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(i));
+        VB_RETURN_IF_ERROR(
+            cuda_status(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo"));
+      }
+      device->weights = std::make_unique<DeviceWeightCache>(
+          static_cast<uint64_t>(options.weight_cache_fraction * static_cast<double>(total_bytes)));
+      backend->devices_.push_back(std::move(device));
+    }
+    VB_LOG_INFO("CUDA backend on ", count, " device(s); TF32 ",
+                options.allow_tf32 ? "allowed" : "off");
+    return std::unique_ptr<Backend>(std::move(backend));
+  }
+
+  std::vector<DeviceDescription> devices() const override {
+    std::vector<DeviceDescription> out;
+    int driver = 0;
+    int runtime = 0;
+    cudaDriverGetVersion(&driver);
+    cudaRuntimeGetVersion(&runtime);
+    for (const auto& device : devices_) {
+      cudaDeviceProp properties{};
+      cudaGetDeviceProperties(&properties, device->index);
+      size_t free_bytes = 0;
+      size_t total_bytes = 0;
+      {
+        c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device->index));
+        cudaMemGetInfo(&free_bytes, &total_bytes);
+      }
+      DeviceDescription d;
+      d.kind = "cuda";
+      d.index = device->index;
+      d.name = properties.name;
+      d.total_memory_bytes = total_bytes;
+      d.free_memory_bytes = free_bytes;
+      d.platform = at::hasHIP() ? "ROCm" : "CUDA";
+      d.compute_capability = absl::StrCat(properties.major, ".", properties.minor);
+      d.driver_version = version_string(driver);
+      d.runtime_version = version_string(runtime);
+      out.push_back(d);
+    }
+    return out;
+  }
+
+  at::TensorOptions host_tensor_options() const override {
+    return at::TensorOptions().pinned_memory(true);
+  }
+
+  absl::Status check_placement(const Placement& placement) const override {
+    const int count = static_cast<int>(devices_.size());
+    if (placement.device_index >= -1 && placement.device_index < count) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat("device_index = ", placement.device_index,
+                                                   ": this daemon has ", count,
+                                                   " CUDA device(s), 0 to ", count - 1));
+  }
+
+  absl::StatusOr<at::Tensor> linear_forward(const LinearForwardArgs& args) override {
+    LinearForwardSpecs specs;
+    VB_ASSIGN_OR_RETURN(specs.input, spec_of(args.input, "input"));
+    VB_ASSIGN_OR_RETURN(specs.weight, spec_of(args.weight, "weight"));
+    if (args.bias.defined()) {
+      VB_ASSIGN_OR_RETURN(specs.bias, spec_of(args.bias, "bias"));
+    }
+    VB_RETURN_IF_ERROR(check_linear_forward(specs).status());
+    VB_RETURN_IF_ERROR(check_placement(args.placement));
+    Device& device = pick(args.placement.device_index);
+    InflightGuard busy(device);
+    try {
+      c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device.index));
+      c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool(false, device.index);
+      c10::cuda::CUDAStreamGuard stream_guard(stream);
+      VB_ASSIGN_OR_RETURN(at::Tensor x, to_device(device, args.input, stream));
+      VB_ASSIGN_OR_RETURN(at::Tensor w, weight_on(device, args.weight, args.placement, stream));
+      at::Tensor b;
+      if (args.bias.defined()) {
+        VB_ASSIGN_OR_RETURN(b, to_device(device, args.bias, stream));
+      }
+      return to_host(device, at::linear(x, w, b), stream);
+    } catch (...) {
+      return recover(device, "linear_forward on cuda", std::current_exception());
+    }
+  }
+
+  absl::StatusOr<LinearGrads> linear_backward(const LinearBackwardArgs& args) override {
+    LinearBackwardSpecs specs;
+    VB_ASSIGN_OR_RETURN(specs.grad_output, spec_of(args.grad_output, "grad_output"));
+    VB_ASSIGN_OR_RETURN(specs.weight, spec_of(args.weight, "weight"));
+    if (args.input.defined()) {
+      VB_ASSIGN_OR_RETURN(specs.input, spec_of(args.input, "input"));
+    }
+    specs.need_grad_input = args.need_grad_input;
+    specs.need_grad_weight = args.need_grad_weight;
+    specs.need_grad_bias = args.need_grad_bias;
+    VB_RETURN_IF_ERROR(check_linear_backward(specs).status());
+    VB_RETURN_IF_ERROR(check_placement(args.placement));
+    Device& device = pick(args.placement.device_index);
+    InflightGuard busy(device);
+    try {
+      c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device.index));
+      c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool(false, device.index);
+      c10::cuda::CUDAStreamGuard stream_guard(stream);
+      const int64_t out_features = args.weight.size(0);
+      const int64_t in_features = args.weight.size(1);
+      VB_ASSIGN_OR_RETURN(at::Tensor grad, to_device(device, args.grad_output, stream));
+      const at::Tensor grad_2d = grad.reshape({-1, out_features});
+      LinearGrads grads;
+      if (args.need_grad_input) {
+        VB_ASSIGN_OR_RETURN(at::Tensor w, weight_on(device, args.weight, args.placement, stream));
+        std::vector<int64_t> shape(args.grad_output.sizes().begin(),
+                                   args.grad_output.sizes().end());
+        shape.back() = in_features;
+        VB_ASSIGN_OR_RETURN(grads.grad_input,
+                            to_host(device, grad_2d.mm(w).reshape(shape), stream));
+      }
+      if (args.need_grad_weight) {
+        VB_ASSIGN_OR_RETURN(at::Tensor x, to_device(device, args.input, stream));
+        VB_ASSIGN_OR_RETURN(grads.grad_weight,
+                            to_host(device, grad_2d.t().mm(x.reshape({-1, in_features})), stream));
+      }
+      if (args.need_grad_bias) {
+        VB_ASSIGN_OR_RETURN(grads.grad_bias, to_host(device, grad_2d.sum(0), stream));
+      }
+      return grads;
+    } catch (...) {
+      return recover(device, "linear_backward on cuda", std::current_exception());
+    }
+  }
+
+ private:
+  CudaBackend() = default;
+
+  Device& pick(int requested) {
+    if (requested >= 0) return *devices_[requested];
+    Device* best = devices_.front().get();
+    for (const auto& d : devices_) {
+      if (d->inflight.load() < best->inflight.load()) best = d.get();
+    }
+    return *best;
+  }
+
+  // A host tensor on `device`, copied by the copy engine; `stream` waits for the copy.
+  absl::StatusOr<at::Tensor> to_device(Device& device, const at::Tensor& host,
+                                       const c10::cuda::CUDAStream& stream) {
+    const at::Tensor source = host.contiguous();
+    at::Tensor out = at::empty(
+        source.sizes(),
+        source.options().device(at::Device(at::kCUDA, device.index)).pinned_memory(false));
+    VB_RETURN_IF_ERROR(device.copy->to_device(out.data_ptr(), source.data_ptr(),
+                                              source.numel() * source.element_size(),
+                                              stream.stream()));
+    return out;
+  }
+
+  // The weight resident on `device`, uploaded (once) if it is not there yet.
+  absl::StatusOr<at::Tensor> weight_on(Device& device, const at::Tensor& host,
+                                       const Placement& placement,
+                                       const c10::cuda::CUDAStream& stream) {
+    if (!placement.weight_key.empty()) {
+      at::Tensor cached = device.weights->find(placement.weight_key);
+      if (cached.defined()) {
+        cached.record_stream(stream);
+        return cached;
+      }
+    }
+    VB_ASSIGN_OR_RETURN(at::Tensor uploaded, to_device(device, host, stream));
+    if (!placement.weight_key.empty()) {
+      // Other streams may use the cached copy at once: let the upload land first.
+      stream.synchronize();
+      device.weights->insert(placement.weight_key, uploaded);
+    }
+    return uploaded;
+  }
+
+  // `device_tensor` (computed on `stream`) into pinned host memory.
+  absl::StatusOr<at::Tensor> to_host(Device& device, const at::Tensor& device_tensor,
+                                     const c10::cuda::CUDAStream& stream) {
+    const at::Tensor source = device_tensor.contiguous();
+    at::Tensor out = at::empty(source.sizes(),
+                               at::TensorOptions().dtype(source.scalar_type()).pinned_memory(true));
+    VB_RETURN_IF_ERROR(device.copy->to_host(out.data_ptr(), source.data_ptr(),
+                                            source.numel() * source.element_size(),
+                                            stream.stream()));
+    return out;
+  }
+
+  // Out of memory leaves the allocator holding cached blocks: give them back so the next
+  // call starts clean, and answer with LibTorch's message (it names the sizes).
+  absl::Status recover(Device& device, const char* what, std::exception_ptr error) {
+    absl::Status status = status_from_exception(what, error);
+    if (absl::IsResourceExhausted(status)) {
+      device.weights->clear();
+      c10::cuda::CUDACachingAllocator::emptyCache();
+      VB_LOG_WARNING(status.message());
+    }
+    return status;
+  }
+
+  std::vector<std::unique_ptr<Device>> devices_;
+};
+
+absl::StatusOr<std::unique_ptr<Backend>> create_cuda_backend(const CudaBackendOptions& options) {
+  return CudaBackend::create(options);
+}
+
+namespace {
+
+class CudaRuntime final : public AcceleratorRuntime {
+ public:
+  CudaRuntime() : base_(libtorch_runtime()) {}
+  int device_count(AcceleratorKind kind) const override {
+    if (kind == AcceleratorKind::kCuda) return visible_devices();
+    return base_->device_count(kind);
+  }
+  std::string device_name(AcceleratorKind kind, int index) const override {
+    if (kind != AcceleratorKind::kCuda) return base_->device_name(kind, index);
+    cudaDeviceProp properties{};
+    cudaGetDeviceProperties(&properties, index);
+    return properties.name;
+  }
+  bool cuda_is_rocm() const override { return base_->cuda_is_rocm(); }
+  MemoryUsage memory(AcceleratorKind kind, int index) const override {
+    if (kind != AcceleratorKind::kCuda) return base_->memory(kind, index);
+    const auto stats =
+        c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(index));
+    // Index 0 is StatType::AGGREGATE; the enum moved between namespaces across LibTorch 2.x.
+    const size_t aggregate = 0;
+    MemoryUsage usage;
+    usage.known = true;
+    usage.allocated_bytes = stats.allocated_bytes[aggregate].current;
+    usage.reserved_bytes = stats.reserved_bytes[aggregate].current;
+    return usage;
+  }
+  bool empty_cache(AcceleratorKind kind) override {
+    if (kind != AcceleratorKind::kCuda) return base_->empty_cache(kind);
+    c10::cuda::CUDACachingAllocator::emptyCache();
+    return true;
+  }
+  bool synchronize(AcceleratorKind kind, int index) override {
+    if (kind != AcceleratorKind::kCuda) return base_->synchronize(kind, index);
+    c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(index));
+    return cudaDeviceSynchronize() == cudaSuccess;
+  }
+
+ private:
+  std::shared_ptr<AcceleratorRuntime> base_;
+};
+
+}  // namespace
+
+std::shared_ptr<AcceleratorRuntime> cuda_runtime() { return std::make_shared<CudaRuntime>(); }
+
+}  // namespace vb::backends::cuda

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# On the GPU machine, in one call: unpack the carried Debian packages into a prefix, build
+# everything with VB_WITH_CUDA against the machine's LibTorch, run the GPU-labelled tests
+# (then the rest, for information), and the GPU benchmark. Logs go to $OUT when set.
+#
+#   device run, carry [".debs"]:  bash scripts/gpu/run.sh
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+out=${OUT:-/tmp/vb-gpu-out}
+mkdir -p "$out"
+prefix=/tmp/vb-deps
+started=$(date +%s)
+stamp() { echo "== [$(( $(date +%s) - started )) s] $*"; }
+
+stamp "unpacking $(ls .debs/*.deb | wc -l) packages into $prefix"
+mkdir -p "$prefix"
+for f in .debs/*.deb; do dpkg -x "$f" "$prefix"; done
+export LD_LIBRARY_PATH="$prefix/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+# gRPC's CMake config links re2 by plain name (-lre2): let the linker search the prefix.
+export LIBRARY_PATH="$prefix/usr/lib/x86_64-linux-gnu:${LIBRARY_PATH:-}"
+export PATH="/opt/torch/.venv/bin:$PATH"
+torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+nvidia-smi --query-gpu=name,driver_version,memory.total,pcie.link.gen.max,pcie.link.width.max \
+  --format=csv || true
+python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+
+stamp "configure"
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DVB_WITH_CUDA=ON \
+  -DCMAKE_CUDA_ARCHITECTURES=90 \
+  -DCMAKE_PREFIX_PATH="$prefix/usr;$torch_prefix" \
+  -DProtobuf_PROTOC_EXECUTABLE="$prefix/usr/bin/protoc" \
+  -DProtobuf_INCLUDE_DIR="$prefix/usr/include" \
+  -DProtobuf_LIBRARY="$prefix/usr/lib/x86_64-linux-gnu/libprotobuf.so" \
+  > "$out/configure.log" 2>&1 || { tail -40 "$out/configure.log"; exit 1; }
+
+stamp "build"
+cmake --build build-gpu -j "$(nproc)" > "$out/build.log" 2>&1 \
+  || { grep -E "error|Error" "$out/build.log" | head -40; exit 1; }
+
+stamp "GPU tests"
+(cd build-gpu && ctest -L gpu --output-on-failure > "$out/gpu-tests.log" 2>&1)
+gpu_rc=$?
+grep -E "tests passed|Failed|\*\*\*" "$out/gpu-tests.log" | head -20
+# The figures the GPU tests print (errors against the CPU reference, devices, OOM answer).
+build-gpu/tests/gpu/gpu_tests --gtest_brief=1 2>&1 | grep -E "^(GPU |[0-9]+x|out-of-memory)"
+
+stamp "unit and integration tests against the CUDA build (for information)"
+(cd build-gpu && ctest -L "unit|integration" -E interop -j 8 > "$out/other-tests.log" 2>&1)
+grep -E "tests passed|\*\*\*Failed" "$out/other-tests.log" | head -20
+
+stamp "GPU benchmark"
+build-gpu/bench/gpu_bench 2>&1 | tee "$out/gpu-bench.txt"
+stamp "done"
+exit $gpu_rc
