@@ -178,7 +178,7 @@ class CudaBackend final : public Backend {
     InflightGuard busy(device);
     try {
       c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device.index));
-      c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool(false, device.index);
+      const c10::cuda::CUDAStream stream = stream_for(device);
       c10::cuda::CUDAStreamGuard stream_guard(stream);
       VB_ASSIGN_OR_RETURN(at::Tensor x, to_device(device, args.input, stream));
       VB_ASSIGN_OR_RETURN(at::Tensor w, weight_on(device, args.weight, args.placement, stream));
@@ -208,7 +208,7 @@ class CudaBackend final : public Backend {
     InflightGuard busy(device);
     try {
       c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device.index));
-      c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool(false, device.index);
+      const c10::cuda::CUDAStream stream = stream_for(device);
       c10::cuda::CUDAStreamGuard stream_guard(stream);
       const int64_t out_features = args.weight.size(0);
       const int64_t in_features = args.weight.size(1);
@@ -239,6 +239,19 @@ class CudaBackend final : public Backend {
 
  private:
   CudaBackend() = default;
+
+  // Each worker thread keeps one stream per device. LibTorch's caching allocator keeps freed
+  // blocks per stream, so a stream that changed every call (as drawing from the pool does)
+  // would keep missing its cache and calling cudaMalloc; one stream per worker also keeps
+  // one cuBLAS workspace warm, while different workers still overlap.
+  static c10::cuda::CUDAStream stream_for(const Device& device) {
+    thread_local std::unordered_map<int, c10::cuda::CUDAStream> streams;
+    auto it = streams.find(device.index);
+    if (it == streams.end()) {
+      it = streams.emplace(device.index, c10::cuda::getStreamFromPool(false, device.index)).first;
+    }
+    return it->second;
+  }
 
   Device& pick(int requested) {
     if (requested >= 0) return *devices_[requested];
