@@ -70,13 +70,7 @@ std::vector<DeviceDescription> CpuBackend::devices() const {
 }
 
 absl::StatusOr<at::Tensor> CpuBackend::linear_forward(const LinearForwardArgs& args) {
-  LinearForwardSpecs specs;
-  VB_ASSIGN_OR_RETURN(specs.input, spec_of(args.input, "input"));
-  VB_ASSIGN_OR_RETURN(specs.weight, spec_of(args.weight, "weight"));
-  if (args.bias.defined()) {
-    VB_ASSIGN_OR_RETURN(specs.bias, spec_of(args.bias, "bias"));
-  }
-  VB_RETURN_IF_ERROR(check_linear_forward(specs).status());
+  VB_RETURN_IF_ERROR(check_args(args));
   try {
     const at::Tensor bias = args.bias.defined() ? as_compute(args.bias) : at::Tensor();
     at::Tensor out = at::linear(as_compute(args.input), as_compute(args.weight), bias);
@@ -87,16 +81,7 @@ absl::StatusOr<at::Tensor> CpuBackend::linear_forward(const LinearForwardArgs& a
 }
 
 absl::StatusOr<LinearGrads> CpuBackend::linear_backward(const LinearBackwardArgs& args) {
-  LinearBackwardSpecs specs;
-  VB_ASSIGN_OR_RETURN(specs.grad_output, spec_of(args.grad_output, "grad_output"));
-  VB_ASSIGN_OR_RETURN(specs.weight, spec_of(args.weight, "weight"));
-  if (args.input.defined()) {
-    VB_ASSIGN_OR_RETURN(specs.input, spec_of(args.input, "input"));
-  }
-  specs.need_grad_input = args.need_grad_input;
-  specs.need_grad_weight = args.need_grad_weight;
-  specs.need_grad_bias = args.need_grad_bias;
-  VB_RETURN_IF_ERROR(check_linear_backward(specs).status());
+  VB_RETURN_IF_ERROR(check_args(args));
   try {
     const at::ScalarType storage = args.grad_output.scalar_type();
     const int64_t out_features = args.weight.size(0);

@@ -6,6 +6,8 @@
 #include <new>
 
 #include "absl/strings/str_cat.h"
+#include "backends/backend.h"
+#include "backends/linear_op.h"
 #include "common/status_macros.h"
 
 namespace vb::backends {
@@ -19,6 +21,29 @@ absl::StatusOr<TensorSpec> spec_of(const at::Tensor& tensor, absl::string_view f
   spec.shape.assign(tensor.sizes().begin(), tensor.sizes().end());
   VB_RETURN_IF_ERROR(validate_spec(spec, field));
   return spec;
+}
+
+absl::Status check_args(const LinearForwardArgs& args) {
+  LinearForwardSpecs specs;
+  VB_ASSIGN_OR_RETURN(specs.input, spec_of(args.input, "input"));
+  VB_ASSIGN_OR_RETURN(specs.weight, spec_of(args.weight, "weight"));
+  if (args.bias.defined()) {
+    VB_ASSIGN_OR_RETURN(specs.bias, spec_of(args.bias, "bias"));
+  }
+  return check_linear_forward(specs).status();
+}
+
+absl::Status check_args(const LinearBackwardArgs& args) {
+  LinearBackwardSpecs specs;
+  VB_ASSIGN_OR_RETURN(specs.grad_output, spec_of(args.grad_output, "grad_output"));
+  VB_ASSIGN_OR_RETURN(specs.weight, spec_of(args.weight, "weight"));
+  if (args.input.defined()) {
+    VB_ASSIGN_OR_RETURN(specs.input, spec_of(args.input, "input"));
+  }
+  specs.need_grad_input = args.need_grad_input;
+  specs.need_grad_weight = args.need_grad_weight;
+  specs.need_grad_bias = args.need_grad_bias;
+  return check_linear_backward(specs).status();
 }
 
 at::Tensor view_bytes(const TensorSpec& spec, void* bytes) {

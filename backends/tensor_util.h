@@ -16,6 +16,13 @@ namespace vb::backends {
 // unsupported dtype, bad shape).
 absl::StatusOr<TensorSpec> spec_of(const at::Tensor& tensor, absl::string_view field);
 
+struct LinearForwardArgs;
+struct LinearBackwardArgs;
+// The checks of check_linear_forward / check_linear_backward applied to the tensors of a
+// call, as every backend does first.
+absl::Status check_args(const LinearForwardArgs& args);
+absl::Status check_args(const LinearBackwardArgs& args);
+
 // A contiguous CPU tensor viewing `bytes` (which must outlive it) as `spec`.
 at::Tensor view_bytes(const TensorSpec& spec, void* bytes);
 

@@ -16,26 +16,14 @@
 
 #include "backends/cuda/copy_engine.h"
 #include "backends/cuda/cuda_backend.h"
+#include "bench/timing.h"
 #include "client/daemon_client.h"
 #include "common/digest.h"
 #include "tests/support/daemon_process.h"
 
 namespace {
 
-double median_ms(int repetitions, const std::function<void()>& run) {
-  run();
-  run();
-  std::vector<double> times;
-  for (int i = 0; i < repetitions; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    run();
-    times.push_back(
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
-            .count());
-  }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
+using vb::bench::median_ms;
 
 void check(const absl::Status& status, const char* what) {
   if (status.ok()) return;

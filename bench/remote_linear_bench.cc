@@ -18,25 +18,14 @@
 #include <vector>
 
 #include "backends/cpu_backend.h"
+#include "bench/timing.h"
 #include "client/daemon_client.h"
 #include "common/digest.h"
 #include "tests/support/daemon_process.h"
 
 namespace {
 
-double median_ms(int repetitions, const std::function<void()>& run) {
-  run();  // warm-up: first-touch allocation, connection, thread pools
-  std::vector<double> times;
-  for (int i = 0; i < repetitions; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    run();
-    times.push_back(
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
-            .count());
-  }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
+using vb::bench::median_ms;
 
 std::string cpu_model() {
   std::ifstream cpuinfo("/proc/cpuinfo");

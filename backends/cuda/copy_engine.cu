@@ -21,6 +21,20 @@ class DeviceScope {
   int previous_ = 0;
 };
 
+// Enqueues a copy between pinned host memory and the device in chunks on `stream`.
+absl::Status enqueue_chunks(void* dst, const void* src, size_t bytes, size_t chunk_bytes,
+                            cudaMemcpyKind kind, cudaStream_t stream) {
+  for (size_t offset = 0; offset < bytes; offset += chunk_bytes) {
+    const size_t n = std::min(chunk_bytes, bytes - offset);
+    VB_RETURN_IF_ERROR(
+        cuda_status(cudaMemcpyAsync(static_cast<char*>(dst) + offset,
+                                    static_cast<const char*>(src) + offset, n, kind, stream),
+                    kind == cudaMemcpyHostToDevice ? "cudaMemcpyAsync host-to-device"
+                                                   : "cudaMemcpyAsync device-to-host"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status cuda_status(cudaError_t error, const char* what) {
@@ -99,12 +113,8 @@ absl::Status CopyEngine::to_device(void* device_dst, const void* host_src, size_
   char* dst = static_cast<char*>(device_dst);
   const char* src = static_cast<const char*>(host_src);
   if (is_pinned(host_src)) {
-    for (size_t offset = 0; offset < bytes; offset += options_.chunk_bytes) {
-      const size_t n = std::min(options_.chunk_bytes, bytes - offset);
-      VB_RETURN_IF_ERROR(cuda_status(
-          cudaMemcpyAsync(dst + offset, src + offset, n, cudaMemcpyHostToDevice, h2d_stream_),
-          "cudaMemcpyAsync host-to-device"));
-    }
+    VB_RETURN_IF_ERROR(
+        enqueue_chunks(dst, src, bytes, options_.chunk_bytes, cudaMemcpyHostToDevice, h2d_stream_));
   } else {
     // Double buffering: fill staging buffer i while the copy engine drains the other.
     int slot = 0;
@@ -113,13 +123,8 @@ absl::Status CopyEngine::to_device(void* device_dst, const void* host_src, size_
       VB_RETURN_IF_ERROR(
           cuda_status(cudaEventSynchronize(h2d_staged_[slot]), "waiting for a staging buffer"));
       std::memcpy(h2d_staging_[slot], src + offset, n);
-      for (size_t part = 0; part < n; part += options_.chunk_bytes) {
-        const size_t m = std::min(options_.chunk_bytes, n - part);
-        VB_RETURN_IF_ERROR(cuda_status(
-            cudaMemcpyAsync(dst + offset + part, static_cast<char*>(h2d_staging_[slot]) + part, m,
-                            cudaMemcpyHostToDevice, h2d_stream_),
-            "cudaMemcpyAsync host-to-device"));
-      }
+      VB_RETURN_IF_ERROR(enqueue_chunks(dst + offset, h2d_staging_[slot], n, options_.chunk_bytes,
+                                        cudaMemcpyHostToDevice, h2d_stream_));
       VB_RETURN_IF_ERROR(
           cuda_status(cudaEventRecord(h2d_staged_[slot], h2d_stream_), "cudaEventRecord"));
     }
@@ -139,12 +144,8 @@ absl::Status CopyEngine::to_host(void* host_dst, const void* device_src, size_t 
   char* dst = static_cast<char*>(host_dst);
   const char* src = static_cast<const char*>(device_src);
   if (is_pinned(host_dst)) {
-    for (size_t offset = 0; offset < bytes; offset += options_.chunk_bytes) {
-      const size_t n = std::min(options_.chunk_bytes, bytes - offset);
-      VB_RETURN_IF_ERROR(cuda_status(
-          cudaMemcpyAsync(dst + offset, src + offset, n, cudaMemcpyDeviceToHost, d2h_stream_),
-          "cudaMemcpyAsync device-to-host"));
-    }
+    VB_RETURN_IF_ERROR(
+        enqueue_chunks(dst, src, bytes, options_.chunk_bytes, cudaMemcpyDeviceToHost, d2h_stream_));
     return cuda_status(cudaStreamSynchronize(d2h_stream_), "device-to-host copy");
   }
   // Staged: while the CPU copies staging buffer i out, the copy engine fills the other.

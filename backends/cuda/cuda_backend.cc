@@ -166,13 +166,7 @@ class CudaBackend final : public Backend {
   }
 
   absl::StatusOr<at::Tensor> linear_forward(const LinearForwardArgs& args) override {
-    LinearForwardSpecs specs;
-    VB_ASSIGN_OR_RETURN(specs.input, spec_of(args.input, "input"));
-    VB_ASSIGN_OR_RETURN(specs.weight, spec_of(args.weight, "weight"));
-    if (args.bias.defined()) {
-      VB_ASSIGN_OR_RETURN(specs.bias, spec_of(args.bias, "bias"));
-    }
-    VB_RETURN_IF_ERROR(check_linear_forward(specs).status());
+    VB_RETURN_IF_ERROR(check_args(args));
     VB_RETURN_IF_ERROR(check_placement(args.placement));
     Device& device = pick(args.placement.device_index);
     InflightGuard busy(device);
@@ -193,16 +187,7 @@ class CudaBackend final : public Backend {
   }
 
   absl::StatusOr<LinearGrads> linear_backward(const LinearBackwardArgs& args) override {
-    LinearBackwardSpecs specs;
-    VB_ASSIGN_OR_RETURN(specs.grad_output, spec_of(args.grad_output, "grad_output"));
-    VB_ASSIGN_OR_RETURN(specs.weight, spec_of(args.weight, "weight"));
-    if (args.input.defined()) {
-      VB_ASSIGN_OR_RETURN(specs.input, spec_of(args.input, "input"));
-    }
-    specs.need_grad_input = args.need_grad_input;
-    specs.need_grad_weight = args.need_grad_weight;
-    specs.need_grad_bias = args.need_grad_bias;
-    VB_RETURN_IF_ERROR(check_linear_backward(specs).status());
+    VB_RETURN_IF_ERROR(check_args(args));
     VB_RETURN_IF_ERROR(check_placement(args.placement));
     Device& device = pick(args.placement.device_index);
     InflightGuard busy(device);

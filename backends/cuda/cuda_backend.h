@@ -1,8 +1,9 @@
 // Linear on the node's CUDA GPUs through LibTorch (built with VB_WITH_CUDA, on a CUDA build
 // of LibTorch). Every local GPU is used: a call runs on the device it names or on the least
 // loaded one. Inputs arrive in pinned host memory and reach the device through the copy
-// engine on their own stream; compute runs on the calling worker's stream for that device; outputs come back into pinned memory. Weights stay resident per device (keyed by
-// digest, least recently used evicted) so a weight crosses PCIe once, not once per call.
+// engine on their own stream; compute runs on the calling worker's stream for that device; outputs
+// come back into pinned memory. Weights stay resident per device (keyed by digest, least recently
+// used evicted) so a weight crosses PCIe once, not once per call.
 #pragma once
 
 #include <memory>
