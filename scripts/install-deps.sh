@@ -9,7 +9,7 @@ packages=(
   libabsl-dev
   libtorch-dev libopenblas0-pthread
   libcpp-httplib-dev libssl-dev openssl
-  libtomlplusplus-dev nlohmann-json3-dev libxxhash-dev
+  libtomlplusplus-dev nlohmann-json3-dev libxxhash-dev libsystemd-dev systemd
   libgtest-dev libgmock-dev
   python3 python3-grpcio python3-protobuf
   clang-format

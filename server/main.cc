@@ -9,9 +9,11 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "server/options.h"
 #include "server/server.h"
+#include "server/systemd_notify.h"
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
@@ -42,6 +44,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "vbd: %s\n", std::string(server.status().message()).c_str());
     return 1;
   }
+  vb::server::Server& running = **server;
+  const uint32_t workers = options->workers;
+  vb::server::SystemdNotifier systemd(
+      [&running, workers] { return running.service().queue_stats().workers == workers; });
+  systemd.ready(absl::StrCat("serving on ", options->host, ":", running.port()));
   // Tests and scripts read this line to learn the port when --port 0 was given.
   std::printf("vbd listening on %s:%d\n", options->host.c_str(), (*server)->port());
   std::fflush(stdout);
@@ -51,6 +58,7 @@ int main(int argc, char** argv) {
 
   int signal_number = 0;
   sigwait(&stop_signals, &signal_number);
+  systemd.stopping();
   VB_LOG_INFO("received ", signal_number == SIGTERM ? "SIGTERM" : "SIGINT",
               ": draining calls in flight (up to ", options->drain_timeout_s, " s)");
   const auto drain =

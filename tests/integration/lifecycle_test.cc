@@ -1,6 +1,12 @@
 // The daemon under load and at shutdown: a full queue refuses at once, SIGTERM lets every
 // accepted call finish and exits 0, health reports SERVING.
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
 
 #include <atomic>
 #include <thread>
@@ -114,6 +120,65 @@ TEST(LifecycleTest, SigtermFinishesEveryAcceptedCallAndExitsZero) {
   for (const absl::Status& status : results) EXPECT_TRUE(status.ok()) << status;
   EXPECT_EQ(daemon.wait_exit(std::chrono::seconds(30)), 0) << daemon.log();
   EXPECT_THAT(daemon.log(), ::testing::HasSubstr("draining"));
+}
+
+// Datagrams arriving on a unix socket that plays systemd's NOTIFY_SOCKET.
+class NotifySocket {
+ public:
+  NotifySocket() {
+    char dir[] = "/tmp/vbd-notify-XXXXXX";
+    path_ = std::string(mkdtemp(dir)) + "/notify";
+    fd_ = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    std::strncpy(address.sun_path, path_.c_str(), sizeof(address.sun_path) - 1);
+    EXPECT_EQ(bind(fd_, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+  }
+  ~NotifySocket() {
+    close(fd_);
+    unlink(path_.c_str());
+    rmdir(path_.substr(0, path_.rfind('/')).c_str());
+  }
+  const std::string& path() const { return path_; }
+
+  // The next message, or "" if none came within `timeout`.
+  std::string receive(std::chrono::milliseconds timeout) {
+    pollfd fd{fd_, POLLIN, 0};
+    if (poll(&fd, 1, static_cast<int>(timeout.count())) <= 0) return "";
+    char buffer[4096];
+    const ssize_t n = recv(fd_, buffer, sizeof(buffer), 0);
+    return n > 0 ? std::string(buffer, static_cast<size_t>(n)) : "";
+  }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+};
+
+TEST(LifecycleTest, TellsSystemdReadyThenWatchdogThenStopping) {
+  NotifySocket systemd;
+  // WATCHDOG_USEC = 200 ms: vbd must ping every 100 ms.
+  DaemonProcess daemon({}, 0, {"NOTIFY_SOCKET=" + systemd.path(), "WATCHDOG_USEC=200000"});
+  const std::string first = systemd.receive(std::chrono::seconds(10));
+  EXPECT_THAT(first, ::testing::HasSubstr("READY=1"));
+  EXPECT_THAT(first, ::testing::HasSubstr("STATUS=serving on 127.0.0.1:"));
+  int pings = 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (pings < 3 && std::chrono::steady_clock::now() < deadline) {
+    const std::string message = systemd.receive(std::chrono::seconds(1));
+    EXPECT_EQ(message, "WATCHDOG=1");
+    pings += message == "WATCHDOG=1";
+  }
+  EXPECT_EQ(pings, 3);
+  daemon.send_signal(SIGTERM);
+  // Pings already in flight may arrive first; STOPPING comes after them and nothing after it.
+  std::string message;
+  do {
+    message = systemd.receive(std::chrono::seconds(10));
+  } while (message == "WATCHDOG=1");
+  EXPECT_THAT(message, ::testing::HasSubstr("STOPPING=1"));
+  EXPECT_EQ(daemon.wait_exit(std::chrono::seconds(30)), 0);
+  EXPECT_EQ(systemd.receive(std::chrono::milliseconds(200)), "") << "nothing after STOPPING";
 }
 
 }  // namespace

@@ -19,7 +19,8 @@ std::string vbd_path() {
   return VB_VBD_PATH;
 }
 
-DaemonProcess::DaemonProcess(std::vector<std::string> extra_args, int port) {
+DaemonProcess::DaemonProcess(std::vector<std::string> extra_args, int port,
+                             std::vector<std::string> environment) {
   char log_template[] = "/tmp/vbd-test-log-XXXXXX";
   const int log_fd = mkstemp(log_template);
   if (log_fd < 0) throw std::runtime_error("mkstemp failed");
@@ -42,6 +43,7 @@ DaemonProcess::DaemonProcess(std::vector<std::string> extra_args, int port) {
     close(out_pipe[0]);
     close(out_pipe[1]);
     close(log_fd);
+    for (std::string& variable : environment) putenv(variable.data());
     execv(argv[0], argv.data());
     _exit(127);
   }

@@ -14,9 +14,11 @@ std::string vbd_path();
 
 class DaemonProcess {
  public:
-  // Starts `vbd --host 127.0.0.1 --port <port> <extra_args>` and waits until it prints the
-  // port it serves on. Throws std::runtime_error (with the daemon's stderr) if it does not.
-  explicit DaemonProcess(std::vector<std::string> extra_args = {}, int port = 0);
+  // Starts `vbd --host 127.0.0.1 --port <port> <extra_args>`, with `environment` ("NAME=value")
+  // added to its environment, and waits until it prints the port it serves on. Throws
+  // std::runtime_error (with the daemon's stderr) if it does not.
+  explicit DaemonProcess(std::vector<std::string> extra_args = {}, int port = 0,
+                         std::vector<std::string> environment = {});
   // SIGKILLs the daemon if it still runs.
   ~DaemonProcess();
   DaemonProcess(const DaemonProcess&) = delete;
