@@ -30,6 +30,8 @@ class GrpcComputeService final : public v1::Compute::Service {
   grpc::Status GetStats(grpc::ServerContext* context, const v1::GetStatsRequest* request,
                         v1::GetStatsResponse* response) override;
 
+  uint32_t inflight_calls() const { return inflight_.load(); }
+
   // From now on every new call is answered UNAVAILABLE at once, so clients move on.
   void begin_drain() { draining_.store(true); }
   // Waits until no call is being handled, or until `deadline`; true when none is.

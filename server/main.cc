@@ -49,6 +49,9 @@ int main(int argc, char** argv) {
   vb::server::SystemdNotifier systemd(
       [&running, workers] { return running.service().queue_stats().workers == workers; });
   systemd.ready(absl::StrCat("serving on ", options->host, ":", running.port()));
+  if (running.metrics_port() > 0) {
+    std::printf("vbd metrics on %s:%d\n", options->metrics_host.c_str(), running.metrics_port());
+  }
   // Tests and scripts read this line to learn the port when --port 0 was given.
   std::printf("vbd listening on %s:%d\n", options->host.c_str(), (*server)->port());
   std::fflush(stdout);

@@ -3,6 +3,7 @@
 namespace vb::server {
 
 void OpStats::record(const std::string& op, const CallRecord& call) {
+  if (observer_ != nullptr) observer_->on_call(op, call);
   std::lock_guard<std::mutex> lock(mutex_);
   OpSnapshot& s = ops_[op];
   s.op = op;

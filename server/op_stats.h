@@ -34,14 +34,24 @@ struct OpSnapshot {
   std::map<absl::StatusCode, uint64_t> statuses;
 };
 
+// Told about every finished call (the metrics endpoint is one).
+class CallObserver {
+ public:
+  virtual ~CallObserver() = default;
+  virtual void on_call(const std::string& op, const CallRecord& call) = 0;
+};
+
 class OpStats {
  public:
   void record(const std::string& op, const CallRecord& call);
+  // Set once, before serving starts.
+  void set_observer(CallObserver* observer) { observer_ = observer; }
   std::vector<OpSnapshot> snapshot() const;
 
  private:
   mutable std::mutex mutex_;
   std::map<std::string, OpSnapshot> ops_;
+  CallObserver* observer_ = nullptr;
 };
 
 }  // namespace vb::server

@@ -127,6 +127,18 @@ const std::vector<KeyDef>& key_defs() {
                    return absl::OkStatus();
                  },
                  [](const ServerOptions& o) { return absl::StrCat("\"", o.npu_library, "\""); }});
+    d.push_back({{"metrics.host", "metrics-host",
+                  "address of the /metrics endpoint; loopback unless opened up (127.0.0.1)"},
+                 [](ServerOptions& o, absl::string_view v) -> absl::Status {
+                   if (v.empty()) return bad_value("metrics.host", v, "an address");
+                   o.metrics_host = std::string(v);
+                   return absl::OkStatus();
+                 },
+                 [](const ServerOptions& o) { return absl::StrCat("\"", o.metrics_host, "\""); }});
+    d.push_back({{"metrics.port", "metrics-port",
+                  "port of /metrics (Prometheus text); 0 picks one, -1 turns it off (9551)"},
+                 int_setter(&ServerOptions::metrics_port, -1, 65535, "metrics.port"),
+                 [](const ServerOptions& o) { return absl::StrCat(o.metrics_port); }});
     d.push_back({{"log.level", "log-level", "debug, info, warning or error (info)"},
                  [](ServerOptions& o, absl::string_view v) -> absl::Status {
                    LogLevel level;

@@ -27,6 +27,9 @@ struct ServerOptions {
   // [devices]
   std::string device_order = "cuda,hpu,npu,xpu,cpu";  // first kind present wins
   std::string npu_library;  // torch_npu's library, loaded before detection
+  // [metrics]
+  std::string metrics_host = "127.0.0.1";  // loopback unless an operator opens it up
+  int metrics_port = 9551;                 // 0 picks a free port; -1 turns /metrics off
   // [log]
   std::string log_level = "info";
   // The file the options came from, if any (not a key).

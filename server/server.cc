@@ -18,6 +18,9 @@
 #ifdef VB_WITH_CUDA
 #include "backends/cuda/cuda_backend.h"
 #endif
+#ifdef VB_WITH_METRICS
+#include "server/metrics.h"
+#endif
 #include "common/log.h"
 #include "wire/codec.h"
 
@@ -124,12 +127,35 @@ absl::StatusOr<std::unique_ptr<Server>> Server::start(const ServerOptions& optio
     return absl::UnavailableError(absl::StrCat(
         "cannot listen on ", address, " (address in use, or not an address of this host)"));
   }
+#ifdef VB_WITH_METRICS
+  if (options.metrics_port >= 0) {
+    ComputeService* service = server->service_.get();
+    GrpcComputeService* grpc_service = server->grpc_service_.get();
+    VB_ASSIGN_OR_RETURN(server->metrics_,
+                        MetricsEndpoint::start(options.metrics_host, options.metrics_port, [=] {
+                          GaugeSnapshot g;
+                          g.queue = service->queue_stats();
+                          g.inflight_calls = grpc_service->inflight_calls();
+                          g.store = service->store_stats();
+                          g.devices = service->info().devices;
+                          return g;
+                        }));
+    server->service_->op_stats().set_observer(server->metrics_.get());
+  }
+#endif
   server->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
   server->grpc_server_->GetHealthCheckService()->SetServingStatus("vb.v1.Compute", true);
   return server;
 }
 
 Server::~Server() { shutdown(std::chrono::milliseconds(0)); }
+
+int Server::metrics_port() const {
+#ifdef VB_WITH_METRICS
+  if (metrics_ != nullptr) return static_cast<MetricsEndpoint*>(metrics_.get())->port();
+#endif
+  return -1;
+}
 
 void Server::shutdown(std::chrono::milliseconds drain) {
   if (grpc_server_ == nullptr) return;  // never started: nothing to stop

@@ -23,6 +23,8 @@ class Server {
 
   // The port actually bound (the chosen one when options.port was 0).
   int port() const { return port_; }
+  // The /metrics port, or -1 when metrics are off (or not built in).
+  int metrics_port() const;
   ComputeService& service() { return *service_; }
 
   // Marks the daemon NOT_SERVING, refuses new calls, waits up to `drain` for calls in
@@ -37,6 +39,7 @@ class Server {
   std::unique_ptr<ComputeService> service_;
   std::unique_ptr<GrpcComputeService> grpc_service_;
   std::unique_ptr<grpc::Server> grpc_server_;
+  std::unique_ptr<CallObserver> metrics_;
   int port_ = 0;
   std::once_flag shutdown_once_;
 };

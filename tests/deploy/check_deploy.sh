@@ -17,7 +17,7 @@ if [[ -n "$output" ]]; then
 fi
 echo "ok: systemd-analyze verify accepts deploy/systemd/vbd.service"
 
-"$vbd" --config "$repo/deploy/vbd.toml" --port 0 > "$work/out" 2> "$work/err" &
+"$vbd" --config "$repo/deploy/vbd.toml" --port 0 --metrics-port 0 > "$work/out" 2> "$work/err" &
 pid=$!
 for _ in $(seq 1 100); do
   grep -q "listening on" "$work/out" && break

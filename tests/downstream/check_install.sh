@@ -23,7 +23,7 @@ cmake -S "$source_dir/tests/downstream" -B "$work/build" -G Ninja -DCMAKE_BUILD_
 cmake --build "$work/build" > "$work/build.log" 2>&1 || { tail -40 "$work/build.log"; exit 1; }
 echo "ok: a separate project builds against find_package(vb) and vb::client"
 
-"$work/prefix/bin/vbd" --port 0 > "$work/vbd.out" 2> "$work/vbd.err" &
+"$work/prefix/bin/vbd" --port 0 --metrics-port 0 > "$work/vbd.out" 2> "$work/vbd.err" &
 vbd_pid=$!
 for _ in $(seq 1 100); do
   grep -q "listening on" "$work/vbd.out" && break

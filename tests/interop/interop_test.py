@@ -51,7 +51,9 @@ def generate_python_stubs(proto_dir, work_dir):
 
 def start_daemon(vbd_path):
     """Starts vbd on a free port; returns (process, port) once it serves."""
-    process = subprocess.Popen([vbd_path, "--port", "0"], stdout=subprocess.PIPE, text=True)
+    # No /metrics here: this test speaks only the gRPC contract.
+    process = subprocess.Popen([vbd_path, "--port", "0", "--metrics-port", "-1"],
+                               stdout=subprocess.PIPE, text=True)
     # readline blocks, so a timer kills a daemon that never announces itself.
     watchdog = threading.Timer(STARTUP_TIMEOUT_S, process.kill)
     watchdog.start()

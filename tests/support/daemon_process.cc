@@ -28,8 +28,9 @@ DaemonProcess::DaemonProcess(std::vector<std::string> extra_args, int port,
   int out_pipe[2];
   if (pipe(out_pipe) != 0) throw std::runtime_error("pipe failed");
 
+  // A free metrics port too, so that daemons of parallel tests never collide on 9551.
   std::vector<std::string> args = {vbd_path(), "--host", "127.0.0.1", "--port",
-                                   std::to_string(port)};
+                                   std::to_string(port), "--metrics-port", "0"};
   args.insert(args.end(), extra_args.begin(), extra_args.end());
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
@@ -50,18 +51,31 @@ DaemonProcess::DaemonProcess(std::vector<std::string> extra_args, int port,
   close(out_pipe[1]);
   close(log_fd);
 
-  // Read the "vbd listening on HOST:PORT" line, bounded in time.
-  std::string line;
+  // Read up to the "vbd listening on HOST:PORT" line, bounded in time; a "vbd metrics on
+  // HOST:PORT" line may come before it.
+  std::string output;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-  while (line.find('\n') == std::string::npos && std::chrono::steady_clock::now() < deadline) {
+  const auto has_listening_line = [&] {
+    const size_t at = output.find("vbd listening on ");
+    return at != std::string::npos && output.find('\n', at) != std::string::npos;
+  };
+  while (!has_listening_line() && std::chrono::steady_clock::now() < deadline) {
     pollfd fd{out_pipe[0], POLLIN, 0};
     if (poll(&fd, 1, 200) <= 0) continue;
     char buffer[256];
     const ssize_t n = read(out_pipe[0], buffer, sizeof(buffer));
     if (n <= 0) break;
-    line.append(buffer, static_cast<size_t>(n));
+    output.append(buffer, static_cast<size_t>(n));
   }
   close(out_pipe[0]);
+  if (const size_t at = output.find("vbd metrics on "); at != std::string::npos) {
+    const size_t end = output.find('\n', at);
+    const std::string metrics_line = output.substr(at, end - at);
+    metrics_port_ = std::stoi(metrics_line.substr(metrics_line.rfind(':') + 1));
+  }
+  const size_t at = output.find("vbd listening on ");
+  const std::string line =
+      at == std::string::npos ? output : output.substr(at, output.find('\n', at) - at + 1);
   const size_t colon = line.rfind(':');
   if (line.rfind("vbd listening on ", 0) != 0 || colon == std::string::npos) {
     kill(pid_, SIGKILL);

@@ -25,6 +25,8 @@ class DaemonProcess {
   DaemonProcess& operator=(const DaemonProcess&) = delete;
 
   int port() const { return port_; }
+  // Where /metrics is served (each test daemon picks a free port), or -1.
+  int metrics_port() const { return metrics_port_; }
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   pid_t pid() const { return pid_; }
 
@@ -37,6 +39,7 @@ class DaemonProcess {
  private:
   pid_t pid_ = -1;
   int port_ = 0;
+  int metrics_port_ = -1;
   std::string log_path_;
   bool exited_ = false;
 };
