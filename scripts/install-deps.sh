@@ -10,7 +10,7 @@ packages=(
   libtorch-dev libopenblas0-pthread
   libcpp-httplib-dev libssl-dev openssl
   libtomlplusplus-dev nlohmann-json3-dev libxxhash-dev libsystemd-dev systemd
-  prometheus-cpp-dev prometheus
+  prometheus-cpp-dev prometheus docker-compose python3-yaml
   libgtest-dev libgmock-dev
   python3 python3-grpcio python3-protobuf
   clang-format
