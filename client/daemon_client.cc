@@ -1,11 +1,15 @@
 #include "client/daemon_client.h"
 
 #include <grpcpp/client_context.h>
+
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/support/channel_arguments.h>
+#include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "backends/linear_op.h"
 #include "backends/tensor_util.h"
 #include "common/status_macros.h"
@@ -102,10 +106,20 @@ void set_weight_ref(const WeightRef& weight, const TensorSpec& spec, v1::WeightR
 
 std::string grpc_target_of(const std::string& address) {
   constexpr absl::string_view kScheme = "vbd://";
-  if (absl::string_view(address).substr(0, kScheme.size()) == kScheme) {
-    return address.substr(kScheme.size());
+  if (absl::string_view(address).substr(0, kScheme.size()) != kScheme) return address;
+  const std::string hosts = address.substr(kScheme.size());
+  if (hosts.find('|') == std::string::npos) return hosts;
+  // Several daemons: gRPC's static list of IPv4 addresses, balanced round-robin.
+  return "ipv4:" + absl::StrJoin(absl::StrSplit(hosts, '|', absl::SkipEmpty()), ",");
+}
+
+int backend_count_of(const std::string& address) {
+  const std::string target = grpc_target_of(address);
+  if (target.rfind("ipv4:", 0) == 0 || target.rfind("ipv6:", 0) == 0) {
+    return static_cast<int>(std::count(target.begin(), target.end(), ',')) + 1;
   }
-  return address;
+  // A DNS name may stand for many; assume a handful.
+  return target.rfind("dns:", 0) == 0 ? 8 : 1;
 }
 
 DaemonClient::DaemonClient(const std::string& address, ClientOptions options)
@@ -120,6 +134,9 @@ std::shared_ptr<DaemonClient::Connection> DaemonClient::connect() const {
   // Without it, channels to the same address share one subchannel process-wide, and a new
   // channel would inherit the old one's backoff.
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  // Where the address stands for several daemons (a list, or a DNS name answering with many,
+  // such as a headless Service), spread calls over every one that is up.
+  args.SetServiceConfigJSON(R"({"loadBalancingConfig": [{"round_robin": {}}]})");
   auto connection = std::make_shared<Connection>();
   connection->channel =
       grpc::CreateCustomChannel(grpc_target_of(address_), grpc::InsecureChannelCredentials(), args);

@@ -81,7 +81,11 @@ class DaemonClient {
   std::shared_ptr<Connection> connection_;
 };
 
-// "host:port" with any "vbd://" prefix removed, as gRPC wants it.
+// The gRPC target of a daemon address: "host:port" and "vbd://host:port" name one daemon;
+// "vbd://10.0.0.1:50551|10.0.0.2:50551" several (IPv4 literals); gRPC URIs such as
+// "dns:///vbd.vb-system.svc.cluster.local:50551" pass through.
 std::string grpc_target_of(const std::string& address);
+// How many daemons the address may stand for (the list's length; 8 for a DNS name).
+int backend_count_of(const std::string& address);
 
 }  // namespace vb

@@ -1,5 +1,7 @@
 #include "client/daemon_target.h"
 
+#include <algorithm>
+
 #include "common/status_macros.h"
 
 namespace vb {
@@ -12,7 +14,9 @@ constexpr size_t kMaxRememberedDigests = 16384;
 }  // namespace
 
 DaemonTarget::DaemonTarget(const std::string& address, ClientOptions options)
-    : name_("vbd://" + grpc_target_of(address)), client_(address, options) {}
+    : name_(address.rfind("vbd://", 0) == 0 ? address : "vbd://" + grpc_target_of(address)),
+      client_(address, options),
+      backends_(backend_count_of(address)) {}
 
 absl::Status DaemonTarget::ensure_uploaded(const WeightRef& weight, TransferCount* transfer) {
   {
@@ -49,9 +53,24 @@ absl::StatusOr<T> DaemonTarget::with_weight(const WeightRef& weight, TransferCou
   if (reconnect) client_.reconnect();
   absl::Status uploaded = ensure_uploaded(weight, transfer);
   absl::StatusOr<T> result = uploaded.ok() ? call() : absl::StatusOr<T>(uploaded);
-  if (absl::IsNotFound(result.status())) {
-    forget(weight.digest);
-    VB_RETURN_IF_ERROR(ensure_uploaded(weight, transfer));
+  // Behind a balanced address the upload and the call may reach different daemons, and
+  // round-robin cannot be aimed: so after a NOT_FOUND the weight goes to every daemon (one
+  // upload per daemon walks the rotation; those that hold it answer from the header alone).
+  // And when one of several daemons goes away mid-call, the balancer has already moved on:
+  // ask once more.
+  bool retried_unavailable = false;
+  for (int attempt = 0; attempt < 2 * backends_; ++attempt) {
+    if (absl::IsNotFound(result.status())) {
+      forget(weight.digest);
+      for (int i = 0; i < backends_; ++i) {
+        VB_RETURN_IF_ERROR(client_.upload_weight(weight, transfer).status());
+      }
+      VB_RETURN_IF_ERROR(ensure_uploaded(weight, transfer));
+    } else if (!(absl::IsUnavailable(result.status()) && backends_ > 1 && !retried_unavailable)) {
+      break;
+    } else {
+      retried_unavailable = true;
+    }
     result = call();
   }
   // A daemon that went away may come back empty: ask again rather than trust the set.

@@ -33,6 +33,9 @@ class DaemonTarget final : public Target {
 
   std::string name_;
   DaemonClient client_;
+  // Daemons behind the address: a weight held by one is unknown to the others, and a call
+  // that found one gone can be answered by another.
+  int backends_;
   std::mutex mutex_;
   std::unordered_set<std::string> held_;  // digests the daemon is known to hold
   bool reconnect_ = false;                // the last call found the daemon unreachable

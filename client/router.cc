@@ -32,6 +32,7 @@ absl::StatusOr<std::shared_ptr<Router>> Router::create(const std::vector<std::st
     if (name == "local") {
       targets.push_back(std::make_shared<LocalTarget>());
     } else if (grpc_target_of(name).find(':') != std::string::npos) {
+      // host:port, vbd://..., or a gRPC URI (dns:///, ipv4:, ipv6:).
       targets.push_back(std::make_shared<DaemonTarget>(name, client));
     } else {
       return absl::InvalidArgumentError(absl::StrCat(

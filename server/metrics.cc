@@ -18,8 +18,8 @@ namespace {
 // Seconds, from 100 us to about 100 s: loopback calls of a few hundred microseconds up to
 // large GPU batches.
 prometheus::Histogram::BucketBoundaries latency_buckets() {
-  return {1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1,
-          2.5,  5,      10,   30,   100};
+  return {1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2,
+          0.1,  0.25,   0.5,  1,    2.5,    5,    10,   30,     100};
 }
 
 }  // namespace
@@ -34,19 +34,19 @@ struct MetricsEndpoint::Impl {
   prometheus::Family<prometheus::Histogram>& latency =
       prometheus::BuildHistogram()
           .Name("vbd_request_duration_seconds")
-          .Help("Call latency by op and phase: queue (waiting for a worker), compute, "
-                "transfer (receiving and sending tensors), total")
+          .Help(
+              "Call latency by op and phase: queue (waiting for a worker), compute, "
+              "transfer (receiving and sending tensors), total")
           .Register(*registry);
   prometheus::Family<prometheus::Counter>& bytes_in =
       prometheus::BuildCounter()
           .Name("vbd_received_bytes_total")
           .Help("Tensor and weight bytes received, by op")
           .Register(*registry);
-  prometheus::Family<prometheus::Counter>& bytes_out =
-      prometheus::BuildCounter()
-          .Name("vbd_sent_bytes_total")
-          .Help("Tensor bytes sent, by op")
-          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& bytes_out = prometheus::BuildCounter()
+                                                           .Name("vbd_sent_bytes_total")
+                                                           .Help("Tensor bytes sent, by op")
+                                                           .Register(*registry);
   prometheus::Family<prometheus::Gauge>& queue =
       prometheus::BuildGauge()
           .Name("vbd_queue_calls")
@@ -62,11 +62,10 @@ struct MetricsEndpoint::Impl {
           .Name("vbd_inflight_calls")
           .Help("Calls being handled, including those still receiving bytes")
           .Register(*registry);
-  prometheus::Family<prometheus::Gauge>& store =
-      prometheus::BuildGauge()
-          .Name("vbd_weight_store_bytes")
-          .Help("Weight store occupancy and capacity")
-          .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& store = prometheus::BuildGauge()
+                                                     .Name("vbd_weight_store_bytes")
+                                                     .Help("Weight store occupancy and capacity")
+                                                     .Register(*registry);
   prometheus::Family<prometheus::Gauge>& device_memory =
       prometheus::BuildGauge()
           .Name("vbd_device_memory_bytes")

@@ -29,7 +29,7 @@ DaemonProcess::DaemonProcess(std::vector<std::string> extra_args, int port,
   if (pipe(out_pipe) != 0) throw std::runtime_error("pipe failed");
 
   // A free metrics port too, so that daemons of parallel tests never collide on 9551.
-  std::vector<std::string> args = {vbd_path(), "--host", "127.0.0.1", "--port",
+  std::vector<std::string> args = {vbd_path(),           "--host",         "127.0.0.1", "--port",
                                    std::to_string(port), "--metrics-port", "0"};
   args.insert(args.end(), extra_args.begin(), extra_args.end());
   std::vector<char*> argv;
