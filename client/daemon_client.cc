@@ -6,6 +6,8 @@
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/support/channel_arguments.h>
 #include <algorithm>
+#include <fstream>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -104,6 +106,28 @@ void set_weight_ref(const WeightRef& weight, const TensorSpec& spec, v1::WeightR
 
 }  // namespace
 
+namespace {
+
+std::string read_pem(const std::string& path) {
+  std::ifstream file(path);
+  std::stringstream text;
+  text << file.rdbuf();
+  return text.str();
+}
+
+}  // namespace
+
+std::shared_ptr<grpc::ChannelCredentials> channel_credentials(const ClientOptions& options) {
+  if (options.tls_ca_file.empty()) return grpc::InsecureChannelCredentials();
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = read_pem(options.tls_ca_file);
+  if (!options.tls_cert_file.empty()) {
+    ssl.pem_cert_chain = read_pem(options.tls_cert_file);
+    ssl.pem_private_key = read_pem(options.tls_key_file);
+  }
+  return grpc::SslCredentials(ssl);
+}
+
 std::string grpc_target_of(const std::string& address) {
   constexpr absl::string_view kScheme = "vbd://";
   if (absl::string_view(address).substr(0, kScheme.size()) != kScheme) return address;
@@ -139,7 +163,7 @@ std::shared_ptr<DaemonClient::Connection> DaemonClient::connect() const {
   args.SetServiceConfigJSON(R"({"loadBalancingConfig": [{"round_robin": {}}]})");
   auto connection = std::make_shared<Connection>();
   connection->channel =
-      grpc::CreateCustomChannel(grpc_target_of(address_), grpc::InsecureChannelCredentials(), args);
+      grpc::CreateCustomChannel(grpc_target_of(address_), channel_credentials(options_), args);
   connection->stub = v1::Compute::NewStub(connection->channel);
   return connection;
 }
@@ -158,6 +182,7 @@ void DaemonClient::reconnect() {
 std::unique_ptr<grpc::ClientContext> DaemonClient::new_context() const {
   auto context = std::make_unique<grpc::ClientContext>();
   context->set_deadline(std::chrono::system_clock::now() + options_.call_timeout);
+  if (!options_.token.empty()) context->AddMetadata("authorization", "Bearer " + options_.token);
   return context;
 }
 

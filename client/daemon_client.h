@@ -7,6 +7,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <grpcpp/channel.h>
+#include <grpcpp/security/credentials.h>
 
 #include <memory>
 #include <mutex>
@@ -85,6 +86,9 @@ class DaemonClient {
 // "vbd://10.0.0.1:50551|10.0.0.2:50551" several (IPv4 literals); gRPC URIs such as
 // "dns:///vbd.vb-system.svc.cluster.local:50551" pass through.
 std::string grpc_target_of(const std::string& address);
+// TLS credentials when options.tls_ca_file is set, plaintext otherwise. Unreadable files give
+// empty PEM, which fails the handshake with gRPC's own message.
+std::shared_ptr<grpc::ChannelCredentials> channel_credentials(const ClientOptions& options);
 // How many daemons the address may stand for (the list's length; 8 for a DNS name).
 int backend_count_of(const std::string& address);
 

@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <string>
 
 namespace vb {
 
@@ -15,6 +16,13 @@ struct ClientOptions {
   // minutes; a daemon that restarts should be found again within seconds.
   std::chrono::milliseconds min_reconnect_backoff{100};
   std::chrono::milliseconds max_reconnect_backoff{1000};
+  // TLS: set tls_ca_file (the CA that signed the daemon's certificate) to connect over TLS;
+  // tls_cert_file and tls_key_file add a client certificate for mutual TLS.
+  std::string tls_ca_file;
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // Sent as "authorization: Bearer <token>" on every call; never logged.
+  std::string token;
 };
 
 struct BreakerOptions {

@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -22,6 +23,7 @@ struct CommonFlags {
   std::string address = "127.0.0.1:50551";
   double timeout_s = 10;
   bool json = false;
+  std::string tls_ca, tls_cert, tls_key, token_file;
 };
 
 std::string human_bytes(uint64_t bytes) {
@@ -164,7 +166,10 @@ void usage(const std::vector<std::unique_ptr<Command>>& commands) {
   std::cout << "usage: vbctl [--address HOST:PORT] [--timeout SECONDS] [--json] VERB\n\n"
                "  --address   daemon to ask (default $VB_ADDRESS or 127.0.0.1:50551)\n"
                "  --timeout   seconds to wait for the answer (default 10)\n"
-               "  --json      machine-readable output\n\nverbs:\n";
+               "  --json      machine-readable output\n"
+               "  --tls-ca FILE [--tls-cert FILE --tls-key FILE]   TLS (mutual with a cert)\n"
+               "  --token-file FILE   bearer token (first line) for daemons that ask for one\n"
+               "\nverbs:\n";
   for (const auto& command : commands) {
     std::cout << absl::StrFormat("  %-8s %s\n", command->name(), command->help());
   }
@@ -197,6 +202,14 @@ int main(int argc, char** argv) {
       return 0;
     } else if (arg == "--json") {
       flags.json = true;
+    } else if (arg == "--tls-ca") {
+      flags.tls_ca = value("--tls-ca");
+    } else if (arg == "--tls-cert") {
+      flags.tls_cert = value("--tls-cert");
+    } else if (arg == "--tls-key") {
+      flags.tls_key = value("--tls-key");
+    } else if (arg == "--token-file") {
+      flags.token_file = value("--token-file");
     } else if (arg == "--address") {
       flags.address = value("--address");
     } else if (arg == "--timeout") {
@@ -217,6 +230,16 @@ int main(int argc, char** argv) {
     if (verb != command->name()) continue;
     vb::ClientOptions options;
     options.call_timeout = std::chrono::milliseconds(static_cast<int64_t>(flags.timeout_s * 1000));
+    options.tls_ca_file = flags.tls_ca;
+    options.tls_cert_file = flags.tls_cert;
+    options.tls_key_file = flags.tls_key;
+    if (!flags.token_file.empty()) {
+      std::ifstream file(flags.token_file);
+      if (!std::getline(file, options.token) || options.token.empty()) {
+        std::fprintf(stderr, "vbctl: --token-file %s: no token in it\n", flags.token_file.c_str());
+        return 2;
+      }
+    }
     vb::DaemonClient client(flags.address, options);
     return command->run(client, flags);
   }

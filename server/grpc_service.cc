@@ -15,11 +15,16 @@ namespace {
 class CallScope {
  public:
   CallScope(ComputeService* service, std::atomic<uint32_t>* inflight,
-            const std::atomic<bool>& draining, std::string op)
+            const std::atomic<bool>& draining, const TokenCheck& tokens,
+            const grpc::ServerContext& context, std::string op)
       : service_(service), inflight_(inflight), op_(std::move(op)) {
     inflight_->fetch_add(1);
     // Checked after counting the call, so wait_idle() cannot miss one that slips in.
-    if (draining.load()) refusal_ = absl::UnavailableError("vbd is draining: try another target");
+    if (draining.load()) {
+      refusal_ = absl::UnavailableError("vbd is draining: try another target");
+    } else {
+      refusal_ = tokens.check(context);
+    }
   }
   ~CallScope() { inflight_->fetch_sub(1); }
 
@@ -120,9 +125,9 @@ bool GrpcComputeService::wait_idle(std::chrono::steady_clock::time_point deadlin
   return true;
 }
 
-grpc::Status GrpcComputeService::GetInfo(grpc::ServerContext*, const v1::GetInfoRequest*,
+grpc::Status GrpcComputeService::GetInfo(grpc::ServerContext* context, const v1::GetInfoRequest*,
                                          v1::GetInfoResponse* response) {
-  CallScope scope(service_, &inflight_, draining_, "GetInfo");
+  CallScope scope(service_, &inflight_, draining_, tokens_, *context, "GetInfo");
   if (!scope.refusal().ok()) return scope.finish(scope.refusal());
   const ComputeService::Info info = service_->info();
   response->set_version(info.version);
@@ -150,10 +155,10 @@ grpc::Status GrpcComputeService::GetInfo(grpc::ServerContext*, const v1::GetInfo
   return scope.finish(absl::OkStatus());
 }
 
-grpc::Status GrpcComputeService::UploadWeight(grpc::ServerContext*,
+grpc::Status GrpcComputeService::UploadWeight(grpc::ServerContext* context,
                                               grpc::ServerReader<v1::UploadWeightRequest>* reader,
                                               v1::UploadWeightResponse* response) {
-  CallScope scope(service_, &inflight_, draining_, "UploadWeight");
+  CallScope scope(service_, &inflight_, draining_, tokens_, *context, "UploadWeight");
   if (!scope.refusal().ok()) return scope.finish(scope.refusal());
   auto handle = [&]() -> absl::Status {
     v1::UploadWeightRequest message;
@@ -182,10 +187,10 @@ grpc::Status GrpcComputeService::UploadWeight(grpc::ServerContext*,
   return scope.finish(handle());
 }
 
-grpc::Status GrpcComputeService::QueryWeights(grpc::ServerContext*,
+grpc::Status GrpcComputeService::QueryWeights(grpc::ServerContext* context,
                                               const v1::QueryWeightsRequest* request,
                                               v1::QueryWeightsResponse* response) {
-  CallScope scope(service_, &inflight_, draining_, "QueryWeights");
+  CallScope scope(service_, &inflight_, draining_, tokens_, *context, "QueryWeights");
   if (!scope.refusal().ok()) return scope.finish(scope.refusal());
   for (int i = 0; i < request->digests_size(); ++i) {
     absl::Status format =
@@ -197,9 +202,9 @@ grpc::Status GrpcComputeService::QueryWeights(grpc::ServerContext*,
 }
 
 grpc::Status GrpcComputeService::LinearForward(
-    grpc::ServerContext*,
+    grpc::ServerContext* context,
     grpc::ServerReaderWriter<v1::TensorsResponse, v1::LinearForwardRequest>* stream) {
-  CallScope scope(service_, &inflight_, draining_, "LinearForward");
+  CallScope scope(service_, &inflight_, draining_, tokens_, *context, "LinearForward");
   if (!scope.refusal().ok()) return scope.finish(scope.refusal());
   ComputeTiming timing;
   auto handle = [&]() -> absl::Status {
@@ -245,9 +250,9 @@ grpc::Status GrpcComputeService::LinearForward(
 }
 
 grpc::Status GrpcComputeService::LinearBackward(
-    grpc::ServerContext*,
+    grpc::ServerContext* context,
     grpc::ServerReaderWriter<v1::TensorsResponse, v1::LinearBackwardRequest>* stream) {
-  CallScope scope(service_, &inflight_, draining_, "LinearBackward");
+  CallScope scope(service_, &inflight_, draining_, tokens_, *context, "LinearBackward");
   if (!scope.refusal().ok()) return scope.finish(scope.refusal());
   ComputeTiming timing;
   auto handle = [&]() -> absl::Status {
@@ -306,9 +311,9 @@ grpc::Status GrpcComputeService::LinearBackward(
   return scope.finish(status);
 }
 
-grpc::Status GrpcComputeService::GetStats(grpc::ServerContext*, const v1::GetStatsRequest*,
+grpc::Status GrpcComputeService::GetStats(grpc::ServerContext* context, const v1::GetStatsRequest*,
                                           v1::GetStatsResponse* response) {
-  CallScope scope(service_, &inflight_, draining_, "GetStats");
+  CallScope scope(service_, &inflight_, draining_, tokens_, *context, "GetStats");
   if (!scope.refusal().ok()) return scope.finish(scope.refusal());
   for (const OpSnapshot& op : service_->op_stats().snapshot()) {
     v1::OpStats* out = response->add_ops();

@@ -6,13 +6,15 @@
 #include <chrono>
 
 #include "server/compute_service.h"
+#include "server/security.h"
 #include "vb/v1/compute.grpc.pb.h"
 
 namespace vb::server {
 
 class GrpcComputeService final : public v1::Compute::Service {
  public:
-  explicit GrpcComputeService(ComputeService* service) : service_(service) {}
+  GrpcComputeService(ComputeService* service, TokenCheck tokens)
+      : service_(service), tokens_(std::move(tokens)) {}
 
   grpc::Status GetInfo(grpc::ServerContext* context, const v1::GetInfoRequest* request,
                        v1::GetInfoResponse* response) override;
@@ -39,6 +41,7 @@ class GrpcComputeService final : public v1::Compute::Service {
 
  private:
   ComputeService* service_;
+  const TokenCheck tokens_;
   std::atomic<uint32_t> inflight_{0};
   std::atomic<bool> draining_{false};
 };

@@ -2,6 +2,7 @@
 
 #include <toml++/toml.h>
 
+#include <algorithm>
 #include <charconv>
 #include <fstream>
 #include <functional>
@@ -127,6 +128,35 @@ const std::vector<KeyDef>& key_defs() {
                    return absl::OkStatus();
                  },
                  [](const ServerOptions& o) { return absl::StrCat("\"", o.npu_library, "\""); }});
+    const auto path_key = [](std::string ServerOptions::*member, const char* toml, const char* flag,
+                             const char* help) {
+      return KeyDef{
+          {toml, flag, help},
+          [member](ServerOptions& o, absl::string_view v) -> absl::Status {
+            o.*member = std::string(v);
+            return absl::OkStatus();
+          },
+          [member](const ServerOptions& o) { return absl::StrCat("\"", o.*member, "\""); }};
+    };
+    d.push_back(path_key(&ServerOptions::tls_cert_file, "tls.cert_file", "tls-cert",
+                         "server certificate chain, PEM; turns TLS on (none)"));
+    d.push_back(path_key(&ServerOptions::tls_key_file, "tls.key_file", "tls-key",
+                         "private key of tls.cert_file, PEM (none)"));
+    d.push_back(path_key(&ServerOptions::tls_client_ca_file, "tls.client_ca_file", "tls-client-ca",
+                         "CA whose certificates clients must present: mutual TLS (none)"));
+    d.push_back(path_key(&ServerOptions::token_file, "auth.token_file", "token-file",
+                         "bearer tokens, one per line; every call must carry one (none)"));
+    d.push_back(
+        {{"server.insecure", "insecure",
+          "allow plaintext, unauthenticated service on a non-loopback address (false)"},
+         [](ServerOptions& o, absl::string_view v) -> absl::Status {
+           if (v != "true" && v != "false") {
+             return bad_value("server.insecure", v, "true or false");
+           }
+           o.insecure = v == "true";
+           return absl::OkStatus();
+         },
+         [](const ServerOptions& o) { return std::string(o.insecure ? "true" : "false"); }});
     d.push_back({{"metrics.host", "metrics-host",
                   "address of the /metrics endpoint; loopback unless opened up (127.0.0.1)"},
                  [](ServerOptions& o, absl::string_view v) -> absl::Status {
@@ -319,16 +349,19 @@ std::string options_usage() {
 }
 
 std::string options_to_toml(const ServerOptions& options) {
-  std::string out;
-  std::string section;
+  // Keys grouped by table, tables in the order they first appear.
+  std::vector<std::pair<std::string, std::string>> tables;
   for (const KeyDef& def : key_defs()) {
     const size_t dot = def.key.toml_key.find('.');
     const std::string table = def.key.toml_key.substr(0, dot);
-    if (table != section) {
-      absl::StrAppend(&out, out.empty() ? "" : "\n", "[", table, "]\n");
-      section = table;
-    }
-    absl::StrAppend(&out, def.key.toml_key.substr(dot + 1), " = ", def.get(options), "\n");
+    auto it = std::find_if(tables.begin(), tables.end(),
+                           [&](const auto& entry) { return entry.first == table; });
+    if (it == tables.end()) it = tables.insert(tables.end(), {table, ""});
+    absl::StrAppend(&it->second, def.key.toml_key.substr(dot + 1), " = ", def.get(options), "\n");
+  }
+  std::string out;
+  for (const auto& [table, lines] : tables) {
+    absl::StrAppend(&out, out.empty() ? "" : "\n", "[", table, "]\n", lines);
   }
   return out;
 }

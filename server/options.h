@@ -27,6 +27,12 @@ struct ServerOptions {
   // [devices]
   std::string device_order = "cuda,hpu,npu,xpu,cpu";  // first kind present wins
   std::string npu_library;  // torch_npu's library, loaded before detection
+  // [tls] / [auth]: required on any non-loopback address unless `insecure`.
+  std::string tls_cert_file;       // server certificate chain (PEM)
+  std::string tls_key_file;        // its private key (PEM)
+  std::string tls_client_ca_file;  // set: mutual TLS, clients must present a cert it signed
+  std::string token_file;          // bearer tokens, one per line ("# comments" allowed)
+  bool insecure = false;           // allow plaintext, unauthenticated service off loopback
   // [metrics]
   std::string metrics_host = "127.0.0.1";  // loopback unless an operator opens it up
   int metrics_port = 9551;                 // 0 picks a free port; -1 turns /metrics off

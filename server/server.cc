@@ -103,9 +103,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::start(const ServerOptions& optio
   if (options.compute_threads > 0) at::set_num_threads(options.compute_threads);
 
   std::unique_ptr<Server> server(new Server());
+  VB_RETURN_IF_ERROR(check_exposure(options));
+  VB_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
+                      server_credentials(options));
+  VB_ASSIGN_OR_RETURN(TokenCheck tokens, TokenCheck::load(options.token_file));
   VB_ASSIGN_OR_RETURN(std::unique_ptr<backends::Backend> backend, make_backend(options));
   server->service_ = std::make_unique<ComputeService>(options, std::move(backend));
-  server->grpc_service_ = std::make_unique<GrpcComputeService>(server->service_.get());
+  server->grpc_service_ =
+      std::make_unique<GrpcComputeService>(server->service_.get(), std::move(tokens));
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -117,7 +122,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::start(const ServerOptions& optio
   // gRPC sets SO_REUSEPORT by default, which would let a second vbd share the port and
   // receive half the connections; one port, one daemon.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &server->port_);
+  builder.AddListeningPort(address, credentials, &server->port_);
   builder.RegisterService(server->grpc_service_.get());
   // Chunks are at most wire::kMaxChunkBytes; a little headroom for the envelope, and no more:
   // nothing in the contract needs large messages.
