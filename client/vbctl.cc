@@ -2,6 +2,7 @@
 // the address, the deadline and --json, so every verb behaves the same way.
 #include <google/protobuf/util/json_util.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -9,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -23,6 +25,8 @@ struct CommonFlags {
   std::string address = "127.0.0.1:50551";
   double timeout_s = 10;
   bool json = false;
+  double watch_s = 0;      // stats: redraw every watch_s seconds
+  int64_t iterations = 0;  // with --watch: stop after this many draws (0: until interrupted)
   std::string tls_ca, tls_cert, tls_key, token_file;
 };
 
@@ -97,7 +101,7 @@ class InfoCommand final : public Command {
     for (int dtype : info->dtypes()) {
       std::cout << " " << vb::v1::DType_Name(static_cast<vb::v1::DType>(dtype));
     }
-    std::cout << "\n";
+    std::cout << "\n\nconfig in force:\n" << info->config_toml();
     return 0;
   }
 };
@@ -107,6 +111,20 @@ class StatsCommand final : public Command {
   const char* name() const override { return "stats"; }
   const char* help() const override { return "calls, failures, bytes and latency per op"; }
   int run(vb::DaemonClient& client, const CommonFlags& flags) override {
+    if (flags.watch_s <= 0) return draw(client, flags);
+    for (int64_t i = 0; flags.iterations == 0 || i < flags.iterations; ++i) {
+      if (i > 0) std::this_thread::sleep_for(std::chrono::duration<double>(flags.watch_s));
+      // Clear the screen and home the cursor, as watch(1) does; JSON gets one document a line.
+      if (!flags.json) std::cout << "\033[H\033[2J";
+      const int code = draw(client, flags);
+      std::cout << std::flush;
+      if (code != 0) return code;
+    }
+    return 0;
+  }
+
+ private:
+  int draw(vb::DaemonClient& client, const CommonFlags& flags) {
     absl::StatusOr<vb::v1::GetStatsResponse> stats = client.get_stats();
     if (!stats.ok()) return fail(client, stats.status());
     if (flags.json) {
@@ -167,6 +185,7 @@ void usage(const std::vector<std::unique_ptr<Command>>& commands) {
                "  --address   daemon to ask (default $VB_ADDRESS or 127.0.0.1:50551)\n"
                "  --timeout   seconds to wait for the answer (default 10)\n"
                "  --json      machine-readable output\n"
+               "  --watch N   stats: redraw every N seconds (--iterations K: K times)\n"
                "  --tls-ca FILE [--tls-cert FILE --tls-key FILE]   TLS (mutual with a cert)\n"
                "  --token-file FILE   bearer token (first line) for daemons that ask for one\n"
                "\nverbs:\n";
@@ -202,6 +221,19 @@ int main(int argc, char** argv) {
       return 0;
     } else if (arg == "--json") {
       flags.json = true;
+    } else if (arg == "--watch" || arg == "--iterations") {
+      const std::string text = value(arg.c_str());
+      double number = 0;
+      if (!absl::SimpleAtod(text, &number) || !(number > 0)) {
+        std::fprintf(stderr, "vbctl: %s \"%s\": expected a positive number\n", arg.c_str(),
+                     text.c_str());
+        return 2;
+      }
+      if (arg == "--watch") {
+        flags.watch_s = number;
+      } else {
+        flags.iterations = static_cast<int64_t>(number);
+      }
     } else if (arg == "--tls-ca") {
       flags.tls_ca = value("--tls-ca");
     } else if (arg == "--tls-cert") {

@@ -152,6 +152,7 @@ grpc::Status GrpcComputeService::GetInfo(grpc::ServerContext* context, const v1:
   limits->set_max_chunk_bytes(wire::kMaxChunkBytes);
   fill_store_info(info.store, response->mutable_weight_store());
   for (DType dtype : info.dtypes) response->add_dtypes(wire::dtype_to_proto(dtype));
+  response->set_config_toml(options_to_toml(service_->options()));
   return scope.finish(absl::OkStatus());
 }
 

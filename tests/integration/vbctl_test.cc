@@ -1,0 +1,83 @@
+// vbctl against a live daemon, as an operator or a script uses it: exit codes, tables, and
+// --json parsed back.
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "tests/integration/test_util.h"
+#include "tests/support/daemon_process.h"
+
+namespace vb::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+struct VbctlRun {
+  int exit_code;
+  std::string output;
+};
+
+VbctlRun vbctl(const std::string& arguments) {
+  const std::string command = std::string(VB_VBCTL_PATH) + " " + arguments + " 2>&1";
+  FILE* pipe = popen(command.c_str(), "r");
+  std::string output;
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) output.append(buffer, n);
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+}
+
+TEST(VbctlTest, VerbsAgainstALiveDaemon) {
+  DaemonProcess daemon;
+  const std::string at = "--address " + daemon.address();
+
+  const VbctlRun info = vbctl(at + " --json info");
+  ASSERT_EQ(info.exit_code, 0) << info.output;
+  const nlohmann::json info_json = nlohmann::json::parse(info.output);
+  EXPECT_EQ(info_json["devices"][0]["kind"], "cpu");
+  EXPECT_THAT(info_json["config_toml"].get<std::string>(), HasSubstr("[server]"));
+  EXPECT_FALSE(info_json["version"].get<std::string>().empty());
+
+  const VbctlRun info_text = vbctl(at + " info");
+  EXPECT_EQ(info_text.exit_code, 0);
+  EXPECT_THAT(info_text.output, HasSubstr("config in force:"));
+  EXPECT_THAT(info_text.output, HasSubstr("max_queue = 64"));
+
+  const VbctlRun stats = vbctl(at + " --json stats");
+  ASSERT_EQ(stats.exit_code, 0) << stats.output;
+  const nlohmann::json stats_json = nlohmann::json::parse(stats.output);
+  bool saw_get_info = false;
+  for (const auto& op : stats_json["ops"]) {
+    // proto3 JSON writes 64-bit integers as strings.
+    if (op["op"] == "GetInfo") saw_get_info = std::stoull(op["calls"].get<std::string>()) == 2;
+  }
+  EXPECT_TRUE(saw_get_info) << "both info calls counted: " << stats.output;
+
+  const VbctlRun watch = vbctl(at + " stats --watch 0.2 --iterations 3");
+  EXPECT_EQ(watch.exit_code, 0);
+  size_t draws = 0;
+  for (size_t pos = 0; (pos = watch.output.find("queue:", pos)) != std::string::npos; ++pos) {
+    ++draws;
+  }
+  EXPECT_EQ(draws, 3u) << watch.output;
+
+  EXPECT_EQ(vbctl(at + " health").exit_code, 0);
+  EXPECT_EQ(vbctl(at + " frobnicate").exit_code, 2);
+}
+
+TEST(VbctlTest, HealthFailsForADaemonThatIsNotThere) {
+  int port;
+  {
+    DaemonProcess gone;
+    port = gone.port();
+  }
+  const VbctlRun health =
+      vbctl("--address 127.0.0.1:" + std::to_string(port) + " --timeout 2 health");
+  EXPECT_EQ(health.exit_code, 1) << health.output;
+  EXPECT_THAT(health.output, HasSubstr("UNAVAILABLE"));
+}
+
+}  // namespace
+}  // namespace vb::testing
