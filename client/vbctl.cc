@@ -13,10 +13,13 @@
 #include <thread>
 #include <vector>
 
+#include <nlohmann/json.hpp>
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+
 #include "client/daemon_client.h"
+#include "client/vbctl_doctor.h"
 #include "vb/v1/compute.pb.h"
 
 namespace {
@@ -180,6 +183,33 @@ class HealthCommand final : public Command {
   }
 };
 
+class DoctorCommand final : public Command {
+ public:
+  const char* name() const override { return "doctor"; }
+  const char* help() const override {
+    return "host checks: daemon, driver, GPUs, pinned copy bandwidth vs PCIe link";
+  }
+  int run(vb::DaemonClient& client, const CommonFlags& flags) override {
+    const absl::Status health = client.check_health();
+    const std::vector<vb::doctor::Check> checks =
+        vb::doctor::run_checks(client.address(), health.ok() ? "" : health.ToString());
+    static constexpr const char* kVerdict[] = {"pass", "warn", "fail"};
+    bool failed = false;
+    nlohmann::json json = nlohmann::json::array();
+    for (const vb::doctor::Check& check : checks) {
+      failed |= check.verdict == vb::doctor::Verdict::kFail;
+      const char* verdict = kVerdict[static_cast<int>(check.verdict)];
+      if (flags.json) {
+        json.push_back({{"check", check.name}, {"verdict", verdict}, {"detail", check.detail}});
+      } else {
+        std::cout << absl::StrFormat("[%s] %-22s %s\n", verdict, check.name, check.detail);
+      }
+    }
+    if (flags.json) std::cout << json.dump(2) << "\n";
+    return failed ? 1 : 0;
+  }
+};
+
 void usage(const std::vector<std::unique_ptr<Command>>& commands) {
   std::cout << "usage: vbctl [--address HOST:PORT] [--timeout SECONDS] [--json] VERB\n\n"
                "  --address   daemon to ask (default $VB_ADDRESS or 127.0.0.1:50551)\n"
@@ -201,6 +231,7 @@ int main(int argc, char** argv) {
   commands.push_back(std::make_unique<StatsCommand>());
   commands.push_back(std::make_unique<InfoCommand>());
   commands.push_back(std::make_unique<HealthCommand>());
+  commands.push_back(std::make_unique<DoctorCommand>());
 
   CommonFlags flags;
   if (const char* env = std::getenv("VB_ADDRESS"); env != nullptr && *env != '\0') {

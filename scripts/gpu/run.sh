@@ -48,6 +48,9 @@ stamp "unit and integration tests against the CUDA build (for information)"
 (cd build-gpu && ctest -L "unit|integration" -E interop -j 8 > "$out/other-tests.log" 2>&1)
 grep -E "tests passed|\*\*\*Failed" "$out/other-tests.log" | head -20
 
+stamp "vbctl doctor"
+build-gpu/client/vbctl doctor 2>&1 | tee "$out/doctor.txt"
+
 stamp "GPU benchmark"
 build-gpu/bench/gpu_bench 2>&1 | tee "$out/gpu-bench.txt"
 stamp "done"

@@ -64,6 +64,17 @@ TEST(VbctlTest, VerbsAgainstALiveDaemon) {
   EXPECT_EQ(draws, 3u) << watch.output;
 
   EXPECT_EQ(vbctl(at + " health").exit_code, 0);
+  // No GPU here: doctor passes the daemon, warns about the rest, and does not fail.
+  const VbctlRun doctor = vbctl(at + " --json doctor");
+  const size_t json_start = doctor.output.find('[');
+  ASSERT_NE(json_start, std::string::npos) << doctor.output;
+  const nlohmann::json checks = nlohmann::json::parse(doctor.output.substr(json_start));
+  ASSERT_FALSE(checks.empty());
+  EXPECT_EQ(checks[0]["check"], "daemon");
+  EXPECT_EQ(checks[0]["verdict"], "pass");
+  bool any_fail = false;
+  for (const auto& check : checks) any_fail |= check["verdict"] == "fail";
+  EXPECT_EQ(doctor.exit_code, any_fail ? 1 : 0) << doctor.output;
   EXPECT_EQ(vbctl(at + " frobnicate").exit_code, 2);
 }
 
