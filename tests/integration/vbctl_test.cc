@@ -18,8 +18,11 @@ struct VbctlRun {
   std::string output;
 };
 
-VbctlRun vbctl(const std::string& arguments) {
-  const std::string command = std::string(VB_VBCTL_PATH) + " " + arguments + " 2>&1";
+// Standard output, and standard error too unless the caller parses the output as JSON
+// (libraries may warn on stderr).
+VbctlRun vbctl(const std::string& arguments, bool with_stderr = true) {
+  const std::string command =
+      std::string(VB_VBCTL_PATH) + " " + arguments + (with_stderr ? " 2>&1" : " 2>/dev/null");
   FILE* pipe = popen(command.c_str(), "r");
   std::string output;
   char buffer[4096];
@@ -33,7 +36,7 @@ TEST(VbctlTest, VerbsAgainstALiveDaemon) {
   DaemonProcess daemon;
   const std::string at = "--address " + daemon.address();
 
-  const VbctlRun info = vbctl(at + " --json info");
+  const VbctlRun info = vbctl(at + " --json info", false);
   ASSERT_EQ(info.exit_code, 0) << info.output;
   const nlohmann::json info_json = nlohmann::json::parse(info.output);
   EXPECT_EQ(info_json["devices"][0]["kind"], "cpu");
@@ -45,7 +48,7 @@ TEST(VbctlTest, VerbsAgainstALiveDaemon) {
   EXPECT_THAT(info_text.output, HasSubstr("config in force:"));
   EXPECT_THAT(info_text.output, HasSubstr("max_queue = 64"));
 
-  const VbctlRun stats = vbctl(at + " --json stats");
+  const VbctlRun stats = vbctl(at + " --json stats", false);
   ASSERT_EQ(stats.exit_code, 0) << stats.output;
   const nlohmann::json stats_json = nlohmann::json::parse(stats.output);
   bool saw_get_info = false;
@@ -64,11 +67,10 @@ TEST(VbctlTest, VerbsAgainstALiveDaemon) {
   EXPECT_EQ(draws, 3u) << watch.output;
 
   EXPECT_EQ(vbctl(at + " health").exit_code, 0);
-  // No GPU here: doctor passes the daemon, warns about the rest, and does not fail.
-  const VbctlRun doctor = vbctl(at + " --json doctor");
-  const size_t json_start = doctor.output.find('[');
-  ASSERT_NE(json_start, std::string::npos) << doctor.output;
-  const nlohmann::json checks = nlohmann::json::parse(doctor.output.substr(json_start));
+  // Doctor passes the daemon; without a GPU it warns about the rest; it exits 1 only when a
+  // check failed.
+  const VbctlRun doctor = vbctl(at + " --json doctor", false);
+  const nlohmann::json checks = nlohmann::json::parse(doctor.output);
   ASSERT_FALSE(checks.empty());
   EXPECT_EQ(checks[0]["check"], "daemon");
   EXPECT_EQ(checks[0]["verdict"], "pass");
