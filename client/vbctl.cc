@@ -2,6 +2,7 @@
 // the address, the deadline and --json, so every verb behaves the same way.
 #include <google/protobuf/util/json_util.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -152,6 +153,14 @@ class StatsCommand final : public Command {
         any_failure = true;
         std::cout << absl::StrFormat("  %-15s %-20s %d\n", op.op(), s.code(), s.count());
       }
+    }
+    std::cout << "\ndevices:\n";
+    for (const vb::v1::DeviceInfo& d : stats->devices()) {
+      const uint64_t used =
+          d.total_memory_bytes() - std::min(d.total_memory_bytes(), d.free_memory_bytes());
+      std::cout << absl::StrFormat("  %s:%d  %-28s memory %s used of %s\n", d.kind(), d.index(),
+                                   d.name(), human_bytes(used),
+                                   human_bytes(d.total_memory_bytes()));
     }
     const vb::v1::QueueStats& q = stats->queue();
     std::cout << absl::StrFormat(

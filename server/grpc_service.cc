@@ -109,6 +109,18 @@ uint64_t spec_bytes(const std::vector<TensorSpec>& specs) {
   return total;
 }
 
+void fill_device(const backends::DeviceDescription& device, v1::DeviceInfo* out) {
+  out->set_kind(device.kind);
+  out->set_index(device.index);
+  out->set_name(device.name);
+  out->set_total_memory_bytes(device.total_memory_bytes);
+  out->set_free_memory_bytes(device.free_memory_bytes);
+  out->set_platform(device.platform);
+  out->set_compute_capability(device.compute_capability);
+  out->set_driver_version(device.driver_version);
+  out->set_runtime_version(device.runtime_version);
+}
+
 void fill_store_info(const backends::WeightStore::Stats& stats, v1::WeightStoreInfo* out) {
   out->set_capacity_bytes(stats.capacity_bytes);
   out->set_used_bytes(stats.used_bytes);
@@ -133,16 +145,7 @@ grpc::Status GrpcComputeService::GetInfo(grpc::ServerContext* context, const v1:
   response->set_version(info.version);
   response->set_torch_version(info.torch_version);
   for (const backends::DeviceDescription& device : info.devices) {
-    v1::DeviceInfo* out = response->add_devices();
-    out->set_kind(device.kind);
-    out->set_index(device.index);
-    out->set_name(device.name);
-    out->set_total_memory_bytes(device.total_memory_bytes);
-    out->set_free_memory_bytes(device.free_memory_bytes);
-    out->set_platform(device.platform);
-    out->set_compute_capability(device.compute_capability);
-    out->set_driver_version(device.driver_version);
-    out->set_runtime_version(device.runtime_version);
+    fill_device(device, response->add_devices());
   }
   const ServerOptions& options = service_->options();
   v1::Limits* limits = response->mutable_limits();
@@ -345,6 +348,9 @@ grpc::Status GrpcComputeService::GetStats(grpc::ServerContext* context, const v1
   // This call itself is in flight too; report the others.
   q->set_inflight_calls(inflight_.load() - 1);
   fill_store_info(service_->store_stats(), response->mutable_weight_store());
+  for (const backends::DeviceDescription& device : service_->info().devices) {
+    fill_device(device, response->add_devices());
+  }
   response->set_uptime_s(service_->uptime_s());
   return scope.finish(absl::OkStatus());
 }

@@ -57,6 +57,7 @@ TEST(VbctlTest, VerbsAgainstALiveDaemon) {
     if (op["op"] == "GetInfo") saw_get_info = std::stoull(op["calls"].get<std::string>()) == 2;
   }
   EXPECT_TRUE(saw_get_info) << "both info calls counted: " << stats.output;
+  EXPECT_EQ(stats_json["devices"][0]["kind"], "cpu") << "per-device view";
 
   const VbctlRun watch = vbctl(at + " stats --watch 0.2 --iterations 3");
   EXPECT_EQ(watch.exit_code, 0);
