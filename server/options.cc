@@ -45,6 +45,18 @@ Setter int_setter(Int ServerOptions::*member, int64_t min, int64_t max, std::str
   };
 }
 
+Setter bool_setter(bool ServerOptions::*member, std::string key) {
+  return [=](ServerOptions& o, absl::string_view value) -> absl::Status {
+    if (value != "true" && value != "false") return bad_value(key, value, "true or false");
+    o.*member = value == "true";
+    return absl::OkStatus();
+  };
+}
+
+std::function<std::string(const ServerOptions&)> bool_getter(bool ServerOptions::*member) {
+  return [=](const ServerOptions& o) { return std::string(o.*member ? "true" : "false"); };
+}
+
 Setter bytes_setter(uint64_t ServerOptions::*member, std::string key) {
   return [=](ServerOptions& o, absl::string_view value) -> absl::Status {
     absl::StatusOr<uint64_t> parsed = parse_byte_size(value);
@@ -100,17 +112,10 @@ const std::vector<KeyDef>& key_defs() {
                   "LibTorch intra-op threads; 0 keeps LibTorch's default (0)"},
                  int_setter(&ServerOptions::compute_threads, 0, 1024, "compute.threads"),
                  [](const ServerOptions& o) { return absl::StrCat(o.compute_threads); }});
-    d.push_back(
-        {{"compute.allow_tf32", "allow-tf32",
-          "TF32 for float32 matmuls on GPUs; off keeps results close to the CPU (false)"},
-         [](ServerOptions& o, absl::string_view v) -> absl::Status {
-           if (v != "true" && v != "false") {
-             return bad_value("compute.allow_tf32", v, "true or false");
-           }
-           o.allow_tf32 = v == "true";
-           return absl::OkStatus();
-         },
-         [](const ServerOptions& o) { return std::string(o.allow_tf32 ? "true" : "false"); }});
+    d.push_back({{"compute.allow_tf32", "allow-tf32",
+                  "TF32 for float32 matmuls on GPUs; off keeps results close to the CPU (false)"},
+                 bool_setter(&ServerOptions::allow_tf32, "compute.allow_tf32"),
+                 bool_getter(&ServerOptions::allow_tf32)});
     d.push_back({{"devices.order", "device-order",
                   "accelerator kinds by preference; the first present is used "
                   "(cuda,hpu,npu,xpu,cpu)"},
@@ -146,17 +151,10 @@ const std::vector<KeyDef>& key_defs() {
                          "CA whose certificates clients must present: mutual TLS (none)"));
     d.push_back(path_key(&ServerOptions::token_file, "auth.token_file", "token-file",
                          "bearer tokens, one per line; every call must carry one (none)"));
-    d.push_back(
-        {{"server.insecure", "insecure",
-          "allow plaintext, unauthenticated service on a non-loopback address (false)"},
-         [](ServerOptions& o, absl::string_view v) -> absl::Status {
-           if (v != "true" && v != "false") {
-             return bad_value("server.insecure", v, "true or false");
-           }
-           o.insecure = v == "true";
-           return absl::OkStatus();
-         },
-         [](const ServerOptions& o) { return std::string(o.insecure ? "true" : "false"); }});
+    d.push_back({{"server.insecure", "insecure",
+                  "allow plaintext, unauthenticated service on a non-loopback address (false)"},
+                 bool_setter(&ServerOptions::insecure, "server.insecure"),
+                 bool_getter(&ServerOptions::insecure)});
     d.push_back({{"metrics.host", "metrics-host",
                   "address of the /metrics endpoint; loopback unless opened up (127.0.0.1)"},
                  [](ServerOptions& o, absl::string_view v) -> absl::Status {
