@@ -39,7 +39,7 @@ TEST(VbctlTest, VerbsAgainstALiveDaemon) {
   const VbctlRun info = vbctl(at + " --json info", false);
   ASSERT_EQ(info.exit_code, 0) << info.output;
   const nlohmann::json info_json = nlohmann::json::parse(info.output);
-  EXPECT_EQ(info_json["devices"][0]["kind"], "cpu");
+  EXPECT_FALSE(info_json["devices"][0]["kind"].get<std::string>().empty());
   EXPECT_THAT(info_json["config_toml"].get<std::string>(), HasSubstr("[server]"));
   EXPECT_FALSE(info_json["version"].get<std::string>().empty());
 
@@ -57,7 +57,7 @@ TEST(VbctlTest, VerbsAgainstALiveDaemon) {
     if (op["op"] == "GetInfo") saw_get_info = std::stoull(op["calls"].get<std::string>()) == 2;
   }
   EXPECT_TRUE(saw_get_info) << "both info calls counted: " << stats.output;
-  EXPECT_EQ(stats_json["devices"][0]["kind"], "cpu") << "per-device view";
+  EXPECT_EQ(stats_json["devices"].size(), info_json["devices"].size()) << "per-device view";
 
   const VbctlRun watch = vbctl(at + " stats --watch 0.2 --iterations 3");
   EXPECT_EQ(watch.exit_code, 0);
