@@ -46,10 +46,6 @@ absl::Status check_args(const LinearBackwardArgs& args) {
   return check_linear_backward(specs).status();
 }
 
-at::Tensor view_bytes(const TensorSpec& spec, void* bytes) {
-  return at::from_blob(bytes, spec.shape, at::TensorOptions().dtype(to_scalar_type(spec.dtype)));
-}
-
 absl::Status status_from_exception(absl::string_view what, std::exception_ptr error) {
   try {
     std::rethrow_exception(error);

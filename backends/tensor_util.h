@@ -23,9 +23,6 @@ struct LinearBackwardArgs;
 absl::Status check_args(const LinearForwardArgs& args);
 absl::Status check_args(const LinearBackwardArgs& args);
 
-// A contiguous CPU tensor viewing `bytes` (which must outlive it) as `spec`.
-at::Tensor view_bytes(const TensorSpec& spec, void* bytes);
-
 // Turns an exception escaping LibTorch into a status: out-of-memory into RESOURCE_EXHAUSTED,
 // anything else into INTERNAL, with `what` saying which op failed.
 absl::Status status_from_exception(absl::string_view what, std::exception_ptr error);

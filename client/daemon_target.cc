@@ -24,10 +24,14 @@ absl::Status DaemonTarget::ensure_uploaded(const WeightRef& weight, TransferCoun
     if (held_.count(weight.digest)) return absl::OkStatus();
   }
   VB_RETURN_IF_ERROR(client_.upload_weight(weight, transfer).status());
+  remember(weight.digest);
+  return absl::OkStatus();
+}
+
+void DaemonTarget::remember(const std::string& digest) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (held_.size() >= kMaxRememberedDigests) held_.clear();
-  held_.insert(weight.digest);
-  return absl::OkStatus();
+  held_.insert(digest);
 }
 
 void DaemonTarget::forget(const std::string& digest) {
@@ -65,7 +69,7 @@ absl::StatusOr<T> DaemonTarget::with_weight(const WeightRef& weight, TransferCou
       for (int i = 0; i < backends_; ++i) {
         VB_RETURN_IF_ERROR(client_.upload_weight(weight, transfer).status());
       }
-      VB_RETURN_IF_ERROR(ensure_uploaded(weight, transfer));
+      remember(weight.digest);
     } else if (!(absl::IsUnavailable(result.status()) && backends_ > 1 && !retried_unavailable)) {
       break;
     } else {

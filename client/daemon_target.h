@@ -28,6 +28,7 @@ class DaemonTarget final : public Target {
   template <typename T, typename Fn>
   absl::StatusOr<T> with_weight(const WeightRef& weight, TransferCount* transfer, Fn&& call);
   absl::Status ensure_uploaded(const WeightRef& weight, TransferCount* transfer);
+  void remember(const std::string& digest);
   void forget(const std::string& digest);
   void forget_all();
 

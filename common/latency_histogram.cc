@@ -24,13 +24,11 @@ double bucket_middle_us(int bucket) {
 void LatencyHistogram::record_us(double microseconds) {
   ++buckets_[bucket_of(microseconds)];
   ++count_;
-  sum_us_ += microseconds;
 }
 
 void LatencyHistogram::merge(const LatencyHistogram& other) {
   for (int i = 0; i < kBuckets; ++i) buckets_[i] += other.buckets_[i];
   count_ += other.count_;
-  sum_us_ += other.sum_us_;
 }
 
 double LatencyHistogram::quantile_ms(double q) const {

@@ -19,14 +19,12 @@ class LatencyHistogram {
   void merge(const LatencyHistogram& other);
 
   uint64_t count() const { return count_; }
-  double sum_us() const { return sum_us_; }
   // The q-quantile (0 < q <= 1) in milliseconds; 0 when empty.
   double quantile_ms(double q) const;
 
  private:
   std::array<uint64_t, kBuckets> buckets_{};
   uint64_t count_ = 0;
-  double sum_us_ = 0;
 };
 
 }  // namespace vb

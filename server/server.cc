@@ -184,8 +184,4 @@ void Server::shutdown(std::chrono::milliseconds drain) {
   });
 }
 
-void Server::wait() {
-  if (grpc_server_ != nullptr) grpc_server_->Wait();
-}
-
 }  // namespace vb::server

@@ -30,8 +30,6 @@ class Server {
   // Marks the daemon NOT_SERVING, refuses new calls, waits up to `drain` for calls in
   // flight, then cancels what is left and stops the workers. Idempotent.
   void shutdown(std::chrono::milliseconds drain);
-  // Blocks until shutdown() has completed.
-  void wait();
 
  private:
   Server() = default;
