@@ -7,6 +7,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "client/cloud_target.h"
 #include "client/daemon_target.h"
 
 namespace vb {
@@ -31,12 +32,20 @@ absl::StatusOr<std::shared_ptr<Router>> Router::create(const std::vector<std::st
     const std::string name(absl::StripAsciiWhitespace(raw));
     if (name == "local") {
       targets.push_back(std::make_shared<LocalTarget>());
+    } else if (name == "cloud") {
+      // A ModelArts service configured by HUAWEI_CLOUD_* variables.
+      absl::StatusOr<cloud::ModelArtsOptions> options = cloud::ModelArtsOptions::from_env();
+      if (!options.ok()) return options.status();
+      absl::StatusOr<std::shared_ptr<CloudTarget>> cloud = CloudTarget::create(*options);
+      if (!cloud.ok()) return cloud.status();
+      targets.push_back(*std::move(cloud));
     } else if (grpc_target_of(name).find(':') != std::string::npos) {
       // host:port, vbd://..., or a gRPC URI (dns:///, ipv4:, ipv6:).
       targets.push_back(std::make_shared<DaemonTarget>(name, client));
     } else {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "target \"", name, "\": expected \"local\", \"host:port\" or \"vbd://host:port\""));
+      return absl::InvalidArgumentError(
+          absl::StrCat("target \"", name,
+                       "\": expected \"local\", \"cloud\", \"host:port\" or \"vbd://host:port\""));
     }
   }
   return std::make_shared<Router>(std::move(targets), breaker);

@@ -24,7 +24,8 @@ class Router {
  public:
   Router(std::vector<std::shared_ptr<Target>> targets, BreakerOptions breaker = {});
 
-  // Targets from names: "local", or a daemon as "host:port" / "vbd://host:port".
+  // Targets from names: "local", "cloud" (a ModelArts service set up by HUAWEI_CLOUD_*
+  // variables), or a daemon as "host:port" / "vbd://host:port".
   static absl::StatusOr<std::shared_ptr<Router>> create(const std::vector<std::string>& targets,
                                                         ClientOptions client = {},
                                                         BreakerOptions breaker = {});

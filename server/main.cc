@@ -52,6 +52,9 @@ int main(int argc, char** argv) {
   if (running.metrics_port() > 0) {
     std::printf("vbd metrics on %s:%d\n", options->metrics_host.c_str(), running.metrics_port());
   }
+  if (running.http_port() > 0) {
+    std::printf("vbd http on %s:%d\n", options->http_host.c_str(), running.http_port());
+  }
   // Tests and scripts read this line to learn the port when --port 0 was given.
   std::printf("vbd listening on %s:%d\n", options->host.c_str(), (*server)->port());
   std::fflush(stdout);

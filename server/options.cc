@@ -167,6 +167,18 @@ const std::vector<KeyDef>& key_defs() {
                   "port of /metrics (Prometheus text); 0 picks one, -1 turns it off (9551)"},
                  int_setter(&ServerOptions::metrics_port, -1, 65535, "metrics.port"),
                  [](const ServerOptions& o) { return absl::StrCat(o.metrics_port); }});
+    d.push_back({{"http.host", "http-host",
+                  "address of the HTTP face (POST /v1/..., GET /health) (127.0.0.1)"},
+                 [](ServerOptions& o, absl::string_view v) -> absl::Status {
+                   if (v.empty()) return bad_value("http.host", v, "an address");
+                   o.http_host = std::string(v);
+                   return absl::OkStatus();
+                 },
+                 [](const ServerOptions& o) { return absl::StrCat("\"", o.http_host, "\""); }});
+    d.push_back({{"http.port", "http-port",
+                  "port of the HTTP face; 0 picks one, -1 turns it off (-1; 8080 on ModelArts)"},
+                 int_setter(&ServerOptions::http_port, -1, 65535, "http.port"),
+                 [](const ServerOptions& o) { return absl::StrCat(o.http_port); }});
     d.push_back({{"log.level", "log-level", "debug, info, warning or error (info)"},
                  [](ServerOptions& o, absl::string_view v) -> absl::Status {
                    LogLevel level;

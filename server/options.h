@@ -36,6 +36,10 @@ struct ServerOptions {
   // [metrics]
   std::string metrics_host = "127.0.0.1";  // loopback unless an operator opens it up
   int metrics_port = 9551;                 // 0 picks a free port; -1 turns /metrics off
+  // [http]: the same compute over HTTP (JSON line + raw tensor bytes), and GET /health, as
+  // a ModelArts custom image serves it. Same TLS, tokens and exposure rule as gRPC.
+  std::string http_host = "127.0.0.1";
+  int http_port = -1;  // 0 picks a free port; -1: off
   // [log]
   std::string log_level = "info";
   // The file the options came from, if any (not a key).

@@ -33,7 +33,13 @@ bool is_loopback_host(const std::string& host) {
 }
 
 absl::Status check_exposure(const ServerOptions& options) {
-  if (is_loopback_host(options.host) || options.insecure) return absl::OkStatus();
+  VB_RETURN_IF_ERROR(check_exposure(options, options.host));
+  if (options.http_port >= 0) VB_RETURN_IF_ERROR(check_exposure(options, options.http_host));
+  return absl::OkStatus();
+}
+
+absl::Status check_exposure(const ServerOptions& options, const std::string& host) {
+  if (is_loopback_host(host) || options.insecure) return absl::OkStatus();
   const bool tls = !options.tls_cert_file.empty();
   const bool client_auth = !options.token_file.empty() || !options.tls_client_ca_file.empty();
   if (tls && client_auth) return absl::OkStatus();
@@ -45,7 +51,7 @@ absl::Status check_exposure(const ServerOptions& options) {
                     "tls.client_ca_file / --tls-client-ca)");
   }
   return absl::FailedPreconditionError(
-      absl::StrCat("refusing to serve on ", options.host, " without ", missing,
+      absl::StrCat("refusing to serve on ", host, " without ", missing,
                    ". Add them, listen on 127.0.0.1, or pass --insecure true on a network "
                    "you trust."));
 }
@@ -96,10 +102,17 @@ absl::Status TokenCheck::check(const grpc::ServerContext& context) const {
   if (tokens_.empty()) return absl::OkStatus();
   const auto& metadata = context.client_metadata();
   auto it = metadata.find("authorization");
-  if (it == metadata.end()) {
+  if (it == metadata.end()) return check_authorization(nullptr);
+  const std::string value(it->second.data(), it->second.size());
+  return check_authorization(&value);
+}
+
+absl::Status TokenCheck::check_authorization(const std::string* header) const {
+  if (tokens_.empty()) return absl::OkStatus();
+  if (header == nullptr) {
     return absl::UnauthenticatedError("this daemon needs \"authorization: Bearer <token>\"");
   }
-  const std::string value(it->second.data(), it->second.size());
+  const std::string& value = *header;
   constexpr absl::string_view kBearer = "Bearer ";
   if (!absl::StartsWith(value, kBearer)) {
     return absl::UnauthenticatedError("the authorization header is not \"Bearer <token>\"");

@@ -18,7 +18,9 @@ bool is_loopback_host(const std::string& host);
 
 // FAILED_PRECONDITION, saying what to add, for a non-loopback host without TLS and client
 // authentication (tokens or mutual TLS) unless options.insecure.
+// Applies to the gRPC address and, when it is on, the HTTP face's.
 absl::Status check_exposure(const ServerOptions& options);
+absl::Status check_exposure(const ServerOptions& options, const std::string& host);
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> server_credentials(
     const ServerOptions& options);
@@ -31,6 +33,8 @@ class TokenCheck {
   // UNAUTHENTICATED without an "authorization: Bearer ..." header, PERMISSION_DENIED for a
   // token not in the file. The token itself never appears in a message or a log.
   absl::Status check(const grpc::ServerContext& context) const;
+  // The same for an HTTP request: `header` is its Authorization value, nullptr when absent.
+  absl::Status check_authorization(const std::string* header) const;
 
  private:
   std::vector<std::string> tokens_;

@@ -109,6 +109,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::start(const ServerOptions& optio
   VB_ASSIGN_OR_RETURN(TokenCheck tokens, TokenCheck::load(options.token_file));
   VB_ASSIGN_OR_RETURN(std::unique_ptr<backends::Backend> backend, make_backend(options));
   server->service_ = std::make_unique<ComputeService>(options, std::move(backend));
+  server->http_tokens_ = tokens;
   server->grpc_service_ =
       std::make_unique<GrpcComputeService>(server->service_.get(), std::move(tokens));
 
@@ -148,6 +149,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::start(const ServerOptions& optio
     server->service_->op_stats().set_observer(server->metrics_.get());
   }
 #endif
+  if (options.http_port >= 0) {
+    VB_ASSIGN_OR_RETURN(server->http_,
+                        HttpFace::start(server->service_.get(), &server->http_tokens_));
+  }
   server->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
   server->grpc_server_->GetHealthCheckService()->SetServingStatus("vb.v1.Compute", true);
   return server;
@@ -169,7 +174,10 @@ void Server::shutdown(std::chrono::milliseconds drain) {
     // Refuse new calls ourselves first and let the running ones finish while gRPC still
     // serves the connections; only then shut gRPC down (see let_answers_land).
     grpc_service_->begin_drain();
-    const bool idle = grpc_service_->wait_idle(std::chrono::steady_clock::now() + drain);
+    if (http_ != nullptr) http_->begin_drain();
+    const auto deadline = std::chrono::steady_clock::now() + drain;
+    const bool idle =
+        grpc_service_->wait_idle(deadline) && (http_ == nullptr || http_->wait_idle(deadline));
     if (idle) {
       let_answers_land(port_);
     } else {
@@ -180,6 +188,7 @@ void Server::shutdown(std::chrono::milliseconds drain) {
     // Nothing runs any more (or the drain time is spent): close the connections now rather
     // than wait for idle clients to hang up.
     grpc_server_->Shutdown(std::chrono::system_clock::now());
+    if (http_ != nullptr) http_->stop();
     service_->shutdown();
   });
 }

@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "server/compute_service.h"
 #include "server/grpc_service.h"
+#include "server/http_service.h"
 #include "server/options.h"
 
 namespace vb::server {
@@ -25,6 +26,8 @@ class Server {
   int port() const { return port_; }
   // The /metrics port, or -1 when metrics are off (or not built in).
   int metrics_port() const;
+  // The HTTP face's port, or -1 when it is off.
+  int http_port() const { return http_ == nullptr ? -1 : http_->port(); }
   ComputeService& service() { return *service_; }
 
   // Marks the daemon NOT_SERVING, refuses new calls, waits up to `drain` for calls in
@@ -38,6 +41,8 @@ class Server {
   std::unique_ptr<GrpcComputeService> grpc_service_;
   std::unique_ptr<grpc::Server> grpc_server_;
   std::unique_ptr<CallObserver> metrics_;
+  TokenCheck http_tokens_;
+  std::unique_ptr<HttpFace> http_;
   int port_ = 0;
   std::once_flag shutdown_once_;
 };

@@ -23,3 +23,4 @@ leaf server ca "subjectAltName=IP:127.0.0.1,DNS:localhost"
 leaf client ca "extendedKeyUsage=clientAuth"
 printf '# tokens vbd accepts\nsecret-token-for-tests\n' > tokens
 printf 'secret-token-for-tests\n' > good-token
+leaf wronghost ca "subjectAltName=DNS:wrong.example"

@@ -68,11 +68,15 @@ DaemonProcess::DaemonProcess(std::vector<std::string> extra_args, int port,
     output.append(buffer, static_cast<size_t>(n));
   }
   close(out_pipe[0]);
-  if (const size_t at = output.find("vbd metrics on "); at != std::string::npos) {
-    const size_t end = output.find('\n', at);
-    const std::string metrics_line = output.substr(at, end - at);
-    metrics_port_ = std::stoi(metrics_line.substr(metrics_line.rfind(':') + 1));
-  }
+  // "vbd metrics on HOST:PORT" and "vbd http on HOST:PORT" come before the listening line.
+  auto announced_port = [&output](const char* prefix) {
+    const size_t at = output.find(prefix);
+    if (at == std::string::npos) return -1;
+    const std::string line = output.substr(at, output.find('\n', at) - at);
+    return std::stoi(line.substr(line.rfind(':') + 1));
+  };
+  metrics_port_ = announced_port("vbd metrics on ");
+  http_port_ = announced_port("vbd http on ");
   const size_t at = output.find("vbd listening on ");
   const std::string line =
       at == std::string::npos ? output : output.substr(at, output.find('\n', at) - at + 1);

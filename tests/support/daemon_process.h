@@ -27,6 +27,8 @@ class DaemonProcess {
   int port() const { return port_; }
   // Where /metrics is served (each test daemon picks a free port), or -1.
   int metrics_port() const { return metrics_port_; }
+  // Where the HTTP face is served (when started with --http-port 0), or -1.
+  int http_port() const { return http_port_; }
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   pid_t pid() const { return pid_; }
 
@@ -40,6 +42,7 @@ class DaemonProcess {
   pid_t pid_ = -1;
   int port_ = 0;
   int metrics_port_ = -1;
+  int http_port_ = -1;
   std::string log_path_;
   bool exited_ = false;
 };
