@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "backends/tier_memory.h"
 
 namespace vb::backends {
 
@@ -25,8 +26,7 @@ struct DeviceDescription {
 };
 
 // Where a call runs: a device index of the backend, or -1 to let the backend choose (the
-// least loaded). `weight_key` (the weight's digest) lets a backend keep the weight resident
-// on the device between calls; empty means "do not cache".
+// least loaded). `weight_key` is the weight's digest in the daemon's tier store.
 struct Placement {
   int device_index = -1;
   std::string weight_key;
@@ -64,11 +64,18 @@ class Backend {
   // How to allocate the host tensors that feed this backend (received inputs): pinned
   // memory for a GPU backend, so that no pageable copy sits on the path to the device.
   virtual at::TensorOptions host_tensor_options() const { return at::TensorOptions(); }
+  // The memory the daemon's tier store keeps weights in for this backend, and the device
+  // that its device tier's tensors are on (weights arrive there already resident). A
+  // backend with several devices gives its first; calls placed elsewhere copy the weight.
+  virtual absl::StatusOr<std::unique_ptr<TierMemory>> make_tier_memory() const {
+    return make_host_tier_memory();
+  }
+  virtual c10::Device tier_device() const { return c10::Device(c10::kCPU); }
   // INVALID_ARGUMENT when `device_index` is neither -1 nor one of this backend's devices.
   virtual absl::Status check_placement(const Placement& placement) const;
 
-  // Outputs are contiguous host tensors of the inputs' dtype. Every check of
-  // check_linear_forward / check_linear_backward is applied to the tensors first.
+  // `weight` is on tier_device(). Outputs are contiguous host tensors of the inputs' dtype. Every
+  // check of check_linear_forward / check_linear_backward is applied to the tensors first.
   virtual absl::StatusOr<at::Tensor> linear_forward(const LinearForwardArgs& args) = 0;
   virtual absl::StatusOr<LinearGrads> linear_backward(const LinearBackwardArgs& args) = 0;
 };

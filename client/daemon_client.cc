@@ -224,6 +224,7 @@ absl::StatusOr<v1::UploadWeightResponse> DaemonClient::upload_weight(const Weigh
   const size_t total = weight.tensor.numel() * weight.tensor.element_size();
   message.mutable_header()->set_digest(weight.digest);
   message.mutable_header()->set_byte_size(total);
+  message.mutable_header()->set_replaces(weight.replaces);
   uint64_t sent = 0;
   if (stream->Write(message)) {
     for (size_t offset = 0; offset < total; offset += options_.chunk_bytes) {
@@ -239,6 +240,16 @@ absl::StatusOr<v1::UploadWeightResponse> DaemonClient::upload_weight(const Weigh
   transfer->bytes_sent += sent;
   if (!response.already_present()) ++transfer->uploads;
   return response;
+}
+
+absl::StatusOr<uint32_t> DaemonClient::prefetch_weights(const std::vector<std::string>& digests) {
+  auto context = new_context();
+  v1::PrefetchWeightsRequest request;
+  for (const std::string& digest : digests) request.add_digests(digest);
+  v1::PrefetchWeightsResponse response;
+  VB_RETURN_IF_ERROR(
+      wire::from_grpc(connection()->stub->PrefetchWeights(context.get(), request, &response)));
+  return response.held();
 }
 
 absl::StatusOr<std::vector<bool>> DaemonClient::query_weights(

@@ -31,7 +31,8 @@ struct TransferCount {
 // A weight as the daemon knows it: the digest of its bytes plus how to read them.
 struct WeightRef {
   std::string digest;
-  at::Tensor tensor;  // contiguous CPU tensor whose bytes hash to `digest`
+  at::Tensor tensor;          // contiguous CPU tensor whose bytes hash to `digest`
+  std::string replaces = {};  // the previous version's digest, released by the daemon on upload
 };
 
 class DaemonClient {
@@ -49,6 +50,9 @@ class DaemonClient {
   absl::StatusOr<v1::UploadWeightResponse> upload_weight(const WeightRef& weight,
                                                          TransferCount* transfer);
   absl::StatusOr<std::vector<bool>> query_weights(const std::vector<std::string>& digests);
+  // Tells the daemon the order the next calls will name these weights in (repeating), so it
+  // brings them up to the device ahead of use. Returns how many it holds.
+  absl::StatusOr<uint32_t> prefetch_weights(const std::vector<std::string>& digests);
 
   absl::StatusOr<at::Tensor> linear_forward(const at::Tensor& input, const WeightRef& weight,
                                             const at::Tensor& bias, TransferCount* transfer);

@@ -31,6 +31,7 @@ struct CommonFlags {
   bool json = false;
   double watch_s = 0;      // stats: redraw every watch_s seconds
   int64_t iterations = 0;  // with --watch: stop after this many draws (0: until interrupted)
+  std::string view;        // stats: "" (calls) or "tiers"
   std::string tls_ca, tls_cert, tls_key, token_file;
 };
 
@@ -113,8 +114,15 @@ class InfoCommand final : public Command {
 class StatsCommand final : public Command {
  public:
   const char* name() const override { return "stats"; }
-  const char* help() const override { return "calls, failures, bytes and latency per op"; }
+  const char* help() const override {
+    return "calls, failures, bytes and latency per op; `stats tiers`: the VGPU stack";
+  }
   int run(vb::DaemonClient& client, const CommonFlags& flags) override {
+    if (!flags.view.empty() && flags.view != "tiers") {
+      std::fprintf(stderr, "vbctl: stats has no view \"%s\" (expected: tiers)\n",
+                   flags.view.c_str());
+      return 2;
+    }
     if (flags.watch_s <= 0) return draw(client, flags);
     for (int64_t i = 0; flags.iterations == 0 || i < flags.iterations; ++i) {
       if (i > 0) std::this_thread::sleep_for(std::chrono::duration<double>(flags.watch_s));
@@ -131,6 +139,7 @@ class StatsCommand final : public Command {
   int draw(vb::DaemonClient& client, const CommonFlags& flags) {
     absl::StatusOr<vb::v1::GetStatsResponse> stats = client.get_stats();
     if (!stats.ok()) return fail(client, stats.status());
+    if (flags.view == "tiers") return draw_tiers(client, *stats, flags);
     if (flags.json) {
       std::cout << to_json(*stats);
       return 0;
@@ -168,9 +177,47 @@ class StatsCommand final : public Command {
         "flight\n",
         q.running(), q.workers(), q.queued(), q.max_queue(), q.rejected(), q.inflight_calls());
     const vb::v1::WeightStoreInfo& w = stats->weight_store();
-    std::cout << absl::StrFormat("weight store: %s of %s in %d weight(s)\n",
+    std::cout << absl::StrFormat("weight store: %s of %s in %d weight(s) (vbctl stats tiers)\n",
                                  human_bytes(w.used_bytes()), human_bytes(w.capacity_bytes()),
                                  w.entries());
+    return 0;
+  }
+
+  static int draw_tiers(const vb::DaemonClient& client, const vb::v1::GetStatsResponse& stats,
+                        const CommonFlags& flags) {
+    const vb::v1::TierStoreStats& t = stats.tier_store();
+    if (flags.json) {
+      std::cout << to_json(t);
+      return 0;
+    }
+    std::cout << absl::StrFormat(
+        "vbd at %s: tier store, mode %s, policy %s, %d tensor(s), %d upload(s)\n\n",
+        client.address(), t.mode(), t.policy(), t.tensors(), t.uploads());
+    std::cout << absl::StrFormat("%-7s %11s %11s %7s %8s %8s %7s %7s %11s %11s %9s\n", "tier",
+                                 "held", "budget", "tensors", "hits", "misses", "promo", "demo",
+                                 "bytes in", "bytes out", "moving s");
+    for (const vb::v1::TierStats& tier : t.tiers()) {
+      std::cout << absl::StrFormat(
+          "%-7s %11s %11s %7d %8d %8d %7d %7d %11s %11s %9.3f\n", tier.tier(),
+          human_bytes(tier.held_bytes()), human_bytes(tier.budget_bytes()), tier.tensors(),
+          tier.hits(), tier.misses(), tier.promotions(), tier.demotions(),
+          human_bytes(tier.bytes_in()), human_bytes(tier.bytes_out()), tier.move_seconds());
+    }
+    std::cout << absl::StrFormat(
+        "\nprefetch: %d brought up ahead, %d used; access order: %s\n", t.prefetches(),
+        t.prefetch_hits(),
+        t.cycle_length() == 0
+            ? std::string("learning")
+            : absl::StrCat("cycle of ", t.cycle_length(), t.cycle_hinted() ? " (hinted)" : ""));
+    if (!t.ssd_dir().empty()) {
+      std::cout << absl::StrFormat(
+          "SSD tier: %s, %s; %d checksum failure(s); at start %d file(s) re-indexed, %d "
+          "removed\n",
+          t.ssd_dir(), t.ssd_direct_io() ? "direct I/O" : "page cache (no O_DIRECT here)",
+          t.checksum_failures(), t.recovered_files(), t.removed_files());
+    } else {
+      std::cout << "SSD tier: off\n";
+    }
     return 0;
   }
 };
@@ -220,7 +267,7 @@ class DoctorCommand final : public Command {
 };
 
 void usage(const std::vector<std::unique_ptr<Command>>& commands) {
-  std::cout << "usage: vbctl [--address HOST:PORT] [--timeout SECONDS] [--json] VERB\n\n"
+  std::cout << "usage: vbctl [--address HOST:PORT] [--timeout SECONDS] [--json] VERB [VIEW]\n\n"
                "  --address   daemon to ask (default $VB_ADDRESS or 127.0.0.1:50551)\n"
                "  --timeout   seconds to wait for the answer (default 10)\n"
                "  --json      machine-readable output\n"
@@ -293,6 +340,8 @@ int main(int argc, char** argv) {
       }
     } else if (verb.empty() && arg.rfind("--", 0) != 0) {
       verb = arg;
+    } else if (!verb.empty() && flags.view.empty() && arg.rfind("--", 0) != 0) {
+      flags.view = arg;
     } else {
       std::fprintf(stderr, "vbctl: unexpected argument \"%s\" (vbctl --help)\n", arg.c_str());
       return 2;
@@ -300,6 +349,11 @@ int main(int argc, char** argv) {
   }
   for (const auto& command : commands) {
     if (verb != command->name()) continue;
+    if (!flags.view.empty() && verb != "stats") {
+      std::fprintf(stderr, "vbctl: unexpected argument \"%s\" (vbctl --help)\n",
+                   flags.view.c_str());
+      return 2;
+    }
     vb::ClientOptions options;
     options.call_timeout = std::chrono::milliseconds(static_cast<int64_t>(flags.timeout_s * 1000));
     options.tls_ca_file = flags.tls_ca;

@@ -15,7 +15,9 @@ WeightRef WeightDigestCache::ref(const at::Tensor& weight) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (!valid_ || size != byte_size_ || fingerprint.high64 != fingerprint_high_ ||
       fingerprint.low64 != fingerprint_low_) {
-    digest_ = sha256_hex(data, static_cast<size_t>(size));
+    std::string digest = sha256_hex(data, static_cast<size_t>(size));
+    if (valid_ && digest != digest_) previous_digest_ = std::move(digest_);
+    digest_ = std::move(digest);
     fingerprint_high_ = fingerprint.high64;
     fingerprint_low_ = fingerprint.low64;
     byte_size_ = size;
@@ -23,6 +25,7 @@ WeightRef WeightDigestCache::ref(const at::Tensor& weight) {
     ++digests_computed_;
   }
   ref.digest = digest_;
+  ref.replaces = previous_digest_;
   return ref;
 }
 

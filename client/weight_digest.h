@@ -15,7 +15,8 @@ namespace vb {
 
 class WeightDigestCache {
  public:
-  // `weight` as a contiguous CPU tensor plus the digest of its bytes.
+  // `weight` as a contiguous CPU tensor plus the digest of its bytes, and the digest of the
+  // version before it (what a daemon may release once it holds this one).
   WeightRef ref(const at::Tensor& weight);
   // How often the SHA-256 was actually computed (for tests and statistics).
   uint64_t digests_computed() const;
@@ -27,6 +28,7 @@ class WeightDigestCache {
   uint64_t fingerprint_low_ = 0;
   int64_t byte_size_ = -1;
   std::string digest_;
+  std::string previous_digest_;
   uint64_t digests_computed_ = 0;
 };
 

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "backends/tensor_util.h"
+#include "common/log.h"
 #include "common/status_macros.h"
 
 #ifndef VB_VERSION
@@ -24,9 +25,11 @@ double micros_since(std::chrono::steady_clock::time_point start) {
 
 }  // namespace
 
-WeightUpload::WeightUpload(ComputeService* service, std::string digest, uint64_t byte_size)
+WeightUpload::WeightUpload(ComputeService* service, std::string digest, uint64_t byte_size,
+                           std::string replaces)
     : service_(service),
       digest_(std::move(digest)),
+      replaces_(std::move(replaces)),
       byte_size_(byte_size),
       bytes_(at::empty({static_cast<int64_t>(byte_size)}, at::kByte)) {}
 
@@ -54,14 +57,36 @@ absl::Status WeightUpload::commit() {
                                                    " but the ", byte_size_,
                                                    " bytes received hash to ", actual));
   }
-  return service_->store_.put(digest_, std::move(bytes_));
+  absl::Status stored = service_->store_->put(digest_, bytes_.data_ptr(), byte_size_, replaces_);
+  bytes_ = at::Tensor();  // the store has its own copy now
+  return stored;
+}
+
+absl::StatusOr<std::unique_ptr<ComputeService>> ComputeService::create(
+    const ServerOptions& options, std::unique_ptr<backends::Backend> backend) {
+  const std::vector<backends::DeviceDescription> devices = backend->devices();
+  const uint64_t device_memory = devices.empty() ? 0 : devices.front().total_memory_bytes;
+  VB_ASSIGN_OR_RETURN(backends::TierStoreOptions tiers, tier_store_options(options, device_memory));
+  VB_ASSIGN_OR_RETURN(std::unique_ptr<backends::TierMemory> memory, backend->make_tier_memory());
+  VB_ASSIGN_OR_RETURN(std::unique_ptr<backends::TierStore> store,
+                      backends::TierStore::create(tiers, std::move(memory)));
+  VB_LOG_INFO(
+      "tier store (", options.store_mode, ", ", backends::policy_name(tiers.policy), "): device ",
+      tiers.device_bytes, " bytes on ", store->memory().device_name(), ", host ", tiers.host_bytes,
+      " bytes", store->memory().host_is_pinned() ? " pinned" : "", ", SSD ", tiers.ssd_bytes,
+      " bytes", tiers.ssd_bytes > 0 ? absl::StrCat(" in ", tiers.ssd_directory) : std::string());
+  auto service = std::unique_ptr<ComputeService>(
+      new ComputeService(options, std::move(backend), std::move(store)));
+  if (tiers.ssd_bytes > 0) service->ssd_directory_ = tiers.ssd_directory;
+  return service;
 }
 
 ComputeService::ComputeService(const ServerOptions& options,
-                               std::unique_ptr<backends::Backend> backend)
+                               std::unique_ptr<backends::Backend> backend,
+                               std::unique_ptr<backends::TierStore> store)
     : options_(options),
       backend_(std::move(backend)),
-      store_(options.store_capacity_bytes),
+      store_(std::move(store)),
       queue_(options.workers, options.max_queue) {}
 
 ComputeService::~ComputeService() { queue_.shutdown(); }
@@ -72,7 +97,7 @@ ComputeService::Info ComputeService::info() const {
   info.torch_version = TORCH_VERSION;
   info.devices = backend_->devices();
   info.dtypes = {DType::kFloat32, DType::kFloat16, DType::kBFloat16, DType::kFloat64};
-  info.store = store_.stats();
+  info.store = store_->stats();
   return info;
 }
 
@@ -86,42 +111,64 @@ absl::Status ComputeService::check_request_bytes(uint64_t bytes, absl::string_vi
 }
 
 absl::StatusOr<std::unique_ptr<WeightUpload>> ComputeService::begin_upload(
-    const std::string& digest, uint64_t byte_size) {
+    const std::string& digest, uint64_t byte_size, const std::string& replaces) {
   VB_RETURN_IF_ERROR(check_digest_format(digest, "header.digest"));
+  if (!replaces.empty()) VB_RETURN_IF_ERROR(check_digest_format(replaces, "header.replaces"));
   if (byte_size == 0) {
     return absl::InvalidArgumentError("header.byte_size = 0: a weight has at least one byte");
   }
-  if (store_.contains(digest)) return nullptr;
+  if (store_->contains(digest)) return nullptr;
   VB_RETURN_IF_ERROR(check_request_bytes(byte_size, "weight upload"));
-  VB_RETURN_IF_ERROR(store_.check_fits(byte_size));
+  VB_RETURN_IF_ERROR(store_->check_fits(byte_size));
   try {
-    return std::unique_ptr<WeightUpload>(new WeightUpload(this, digest, byte_size));
+    return std::unique_ptr<WeightUpload>(new WeightUpload(this, digest, byte_size, replaces));
   } catch (...) {
     return backends::status_from_exception("allocating an upload buffer", std::current_exception());
   }
 }
 
-bool ComputeService::has_weight(const std::string& digest) const { return store_.contains(digest); }
+bool ComputeService::has_weight(const std::string& digest) const {
+  return store_->contains(digest);
+}
 
-absl::StatusOr<at::Tensor> ComputeService::resolve_weight(const std::string& digest,
-                                                          const TensorSpec& spec,
-                                                          absl::string_view field) {
+absl::Status ComputeService::check_weight(const std::string& digest, const TensorSpec& spec,
+                                          absl::string_view field) const {
   VB_RETURN_IF_ERROR(check_digest_format(digest, absl::StrCat(field, ".digest")));
-  std::shared_ptr<const at::Tensor> blob = store_.get(digest);
-  if (blob == nullptr) {
+  const std::optional<uint64_t> stored = store_->size_of(digest);
+  if (!stored) {
     return absl::NotFoundError(
         absl::StrCat(field, ".digest = ", digest, ": this daemon does not hold it; upload it"));
   }
-  const int64_t stored = blob->numel();
-  if (stored != spec.byte_size()) {
+  if (*stored != static_cast<uint64_t>(spec.byte_size())) {
     return absl::InvalidArgumentError(
         absl::StrCat("byte count mismatch: ", field, ".spec = ", spec.to_string(), " needs ",
-                     spec.byte_size(), " bytes but ", field, ".digest names ", stored, " bytes"));
+                     spec.byte_size(), " bytes but ", field, ".digest names ", *stored, " bytes"));
   }
-  // The view keeps the blob alive, so eviction during the call cannot pull the bytes away.
-  return at::from_blob(
-      const_cast<void*>(blob->data_ptr()), spec.shape, [blob](void*) {},
-      at::TensorOptions().dtype(to_scalar_type(spec.dtype)));
+  return absl::OkStatus();
+}
+
+size_t ComputeService::prefetch(const std::vector<std::string>& digests) {
+  size_t held = 0;
+  for (const std::string& digest : digests) held += store_->contains(digest) ? 1 : 0;
+  store_->hint(digests);
+  return held;
+}
+
+absl::StatusOr<at::Tensor> ComputeService::acquire_weight(const std::string& digest,
+                                                          const TensorSpec& spec) {
+  VB_ASSIGN_OR_RETURN(std::shared_ptr<backends::TierStore::Lease> lease, store_->acquire(digest));
+  if (lease->size() != static_cast<uint64_t>(spec.byte_size())) {
+    // check_weight ran on the header; a different version cannot appear under one digest.
+    return absl::InternalError(absl::StrCat("weight ", digest, " changed size while queued"));
+  }
+  try {
+    // The view holds the lease: the tensor stays pinned on the device until compute is done.
+    return at::from_blob(
+        const_cast<void*>(lease->data()), spec.shape, [lease](void*) {},
+        at::TensorOptions().dtype(to_scalar_type(spec.dtype)).device(backend_->tier_device()));
+  } catch (...) {
+    return backends::status_from_exception("viewing a weight", std::current_exception());
+  }
 }
 
 template <typename T, typename Fn>
@@ -140,14 +187,36 @@ absl::StatusOr<T> ComputeService::run_queued(Fn&& fn, ComputeTiming* timing) {
   return done.get();
 }
 
-absl::StatusOr<at::Tensor> ComputeService::linear_forward(const backends::LinearForwardArgs& args,
+absl::StatusOr<at::Tensor> ComputeService::linear_forward(backends::LinearForwardArgs args,
+                                                          const TensorSpec& weight_spec,
                                                           ComputeTiming* timing) {
-  return run_queued<at::Tensor>([&] { return backend_->linear_forward(args); }, timing);
+  return run_queued<at::Tensor>(
+      [&]() -> absl::StatusOr<at::Tensor> {
+        VB_ASSIGN_OR_RETURN(args.weight, acquire_weight(args.placement.weight_key, weight_spec));
+        absl::StatusOr<at::Tensor> output = backend_->linear_forward(args);
+        args.weight = at::Tensor();  // unpins the weight before the answer travels
+        return output;
+      },
+      timing);
 }
 
 absl::StatusOr<backends::LinearGrads> ComputeService::linear_backward(
-    const backends::LinearBackwardArgs& args, ComputeTiming* timing) {
-  return run_queued<backends::LinearGrads>([&] { return backend_->linear_backward(args); }, timing);
+    backends::LinearBackwardArgs args, const TensorSpec& weight_spec, ComputeTiming* timing) {
+  return run_queued<backends::LinearGrads>(
+      [&]() -> absl::StatusOr<backends::LinearGrads> {
+        if (args.need_grad_input) {
+          VB_ASSIGN_OR_RETURN(args.weight, acquire_weight(args.placement.weight_key, weight_spec));
+        } else {
+          // Only grad_input reads the weight: a placeholder of its shape spares the tier
+          // store a promotion (and keeps this call out of the learned access order).
+          args.weight = at::zeros({}, at::TensorOptions().dtype(to_scalar_type(weight_spec.dtype)))
+                            .expand(weight_spec.shape);
+        }
+        absl::StatusOr<backends::LinearGrads> grads = backend_->linear_backward(args);
+        args.weight = at::Tensor();
+        return grads;
+      },
+      timing);
 }
 
 }  // namespace vb::server

@@ -121,10 +121,48 @@ void fill_device(const backends::DeviceDescription& device, v1::DeviceInfo* out)
   out->set_runtime_version(device.runtime_version);
 }
 
-void fill_store_info(const backends::WeightStore::Stats& stats, v1::WeightStoreInfo* out) {
-  out->set_capacity_bytes(stats.capacity_bytes);
-  out->set_used_bytes(stats.used_bytes);
-  out->set_entries(stats.entries);
+void fill_store_info(const backends::TierStoreStats& stats, v1::WeightStoreInfo* out) {
+  uint64_t capacity = 0;
+  uint64_t used = 0;
+  for (const backends::TierCounters& tier : stats.tiers) {
+    capacity += tier.budget_bytes;
+    used += tier.held_bytes;
+  }
+  out->set_capacity_bytes(capacity);
+  out->set_used_bytes(used);
+  out->set_entries(stats.tensors);
+}
+
+void fill_tier_stats(const backends::TierStoreStats& stats, const ServerOptions& options,
+                     const std::string& ssd_dir, v1::TierStoreStats* out) {
+  for (int i = 0; i < backends::kTierCount; ++i) {
+    const backends::TierCounters& c = stats.tiers[i];
+    v1::TierStats* tier = out->add_tiers();
+    tier->set_tier(backends::tier_name(static_cast<backends::Tier>(i)));
+    tier->set_budget_bytes(c.budget_bytes);
+    tier->set_held_bytes(c.held_bytes);
+    tier->set_tensors(c.tensors);
+    tier->set_hits(c.hits);
+    tier->set_misses(c.misses);
+    tier->set_promotions(c.promotions);
+    tier->set_demotions(c.demotions);
+    tier->set_bytes_in(c.bytes_in);
+    tier->set_bytes_out(c.bytes_out);
+    tier->set_move_seconds(c.move_seconds);
+  }
+  out->set_mode(options.store_mode);
+  out->set_policy(backends::policy_name(stats.policy));
+  out->set_tensors(stats.tensors);
+  out->set_uploads(stats.uploads);
+  out->set_prefetches(stats.prefetches);
+  out->set_prefetch_hits(stats.prefetch_hits);
+  out->set_checksum_failures(stats.checksum_failures);
+  out->set_recovered_files(stats.recovered_files);
+  out->set_removed_files(stats.removed_files);
+  out->set_cycle_length(stats.cycle_length);
+  out->set_cycle_hinted(stats.cycle_hinted);
+  out->set_ssd_direct_io(stats.ssd_direct_io);
+  out->set_ssd_dir(ssd_dir);
 }
 
 }  // namespace
@@ -172,8 +210,9 @@ grpc::Status GrpcComputeService::UploadWeight(grpc::ServerContext* context,
     const v1::UploadHeader& header = message.header();
     response->set_digest(header.digest());
     response->set_byte_size(header.byte_size());
-    VB_ASSIGN_OR_RETURN(std::unique_ptr<WeightUpload> upload,
-                        service_->begin_upload(header.digest(), header.byte_size()));
+    VB_ASSIGN_OR_RETURN(
+        std::unique_ptr<WeightUpload> upload,
+        service_->begin_upload(header.digest(), header.byte_size(), header.replaces()));
     if (upload == nullptr) {
       // Answer now; the client stops sending when its next write fails.
       response->set_already_present(true);
@@ -202,6 +241,22 @@ grpc::Status GrpcComputeService::QueryWeights(grpc::ServerContext* context,
     if (!format.ok()) return scope.finish(format);
     response->add_present(service_->has_weight(request->digests(i)));
   }
+  return scope.finish(absl::OkStatus());
+}
+
+grpc::Status GrpcComputeService::PrefetchWeights(grpc::ServerContext* context,
+                                                 const v1::PrefetchWeightsRequest* request,
+                                                 v1::PrefetchWeightsResponse* response) {
+  CallScope scope(service_, &inflight_, draining_, tokens_, *context, "PrefetchWeights");
+  if (!scope.refusal().ok()) return scope.finish(scope.refusal());
+  std::vector<std::string> digests;
+  for (int i = 0; i < request->digests_size(); ++i) {
+    absl::Status format =
+        check_digest_format(request->digests(i), absl::StrCat("digests[", i, "]"));
+    if (!format.ok()) return scope.finish(format);
+    digests.push_back(request->digests(i));
+  }
+  response->set_held(static_cast<uint32_t>(service_->prefetch(digests)));
   return scope.finish(absl::OkStatus());
 }
 
@@ -234,15 +289,15 @@ grpc::Status GrpcComputeService::LinearForward(
     args.placement = {header.has_device_index() ? header.device_index() : -1,
                       header.weight().digest()};
     VB_RETURN_IF_ERROR(service_->check_placement(args.placement));
-    VB_ASSIGN_OR_RETURN(args.weight,
-                        service_->resolve_weight(header.weight().digest(), specs.weight, "weight"));
+    VB_RETURN_IF_ERROR(service_->check_weight(header.weight().digest(), specs.weight, "weight"));
     wire::TensorAssembler assembler(names, inline_specs, service_->host_tensor_options());
     absl::Status received = read_chunks<v1::LinearForwardRequest>(stream, &assembler);
     scope.record.bytes_in = assembler.bytes_received();
     VB_RETURN_IF_ERROR(received);
     args.input = assembler.tensors()[0];
     if (specs.bias) args.bias = assembler.tensors()[1];
-    VB_ASSIGN_OR_RETURN(at::Tensor output, service_->linear_forward(args, &timing));
+    VB_ASSIGN_OR_RETURN(at::Tensor output,
+                        service_->linear_forward(std::move(args), specs.weight, &timing));
     VB_ASSIGN_OR_RETURN(scope.record.bytes_out,
                         write_tensors(stream, {"output"}, {output}, timing));
     return absl::OkStatus();
@@ -285,8 +340,7 @@ grpc::Status GrpcComputeService::LinearBackward(
     args.placement = {header.has_device_index() ? header.device_index() : -1,
                       header.weight().digest()};
     VB_RETURN_IF_ERROR(service_->check_placement(args.placement));
-    VB_ASSIGN_OR_RETURN(args.weight,
-                        service_->resolve_weight(header.weight().digest(), specs.weight, "weight"));
+    VB_RETURN_IF_ERROR(service_->check_weight(header.weight().digest(), specs.weight, "weight"));
     wire::TensorAssembler assembler(names, inline_specs, service_->host_tensor_options());
     absl::Status received = read_chunks<v1::LinearBackwardRequest>(stream, &assembler);
     scope.record.bytes_in = assembler.bytes_received();
@@ -296,7 +350,8 @@ grpc::Status GrpcComputeService::LinearBackward(
     args.need_grad_input = specs.need_grad_input;
     args.need_grad_weight = specs.need_grad_weight;
     args.need_grad_bias = specs.need_grad_bias;
-    VB_ASSIGN_OR_RETURN(backends::LinearGrads grads, service_->linear_backward(args, &timing));
+    VB_ASSIGN_OR_RETURN(backends::LinearGrads grads,
+                        service_->linear_backward(std::move(args), specs.weight, &timing));
     std::vector<std::string> out_names;
     std::vector<at::Tensor> outputs;
     for (auto [name, tensor] :
@@ -347,7 +402,10 @@ grpc::Status GrpcComputeService::GetStats(grpc::ServerContext* context, const v1
   q->set_rejected(queue.rejected);
   // This call itself is in flight too; report the others.
   q->set_inflight_calls(inflight_.load() - 1);
-  fill_store_info(service_->store_stats(), response->mutable_weight_store());
+  const backends::TierStoreStats tiers = service_->store_stats();
+  fill_store_info(tiers, response->mutable_weight_store());
+  fill_tier_stats(tiers, service_->options(), service_->ssd_directory(),
+                  response->mutable_tier_store());
   for (const backends::DeviceDescription& device : service_->info().devices) {
     fill_device(device, response->add_devices());
   }

@@ -223,9 +223,10 @@ struct HttpFace::Impl {
     VB_RETURN_IF_ERROR(backends::check_linear_forward(specs).status());
     args.placement = {message.header.value("device_index", -1), digest};
     VB_RETURN_IF_ERROR(service->check_placement(args.placement));
-    VB_ASSIGN_OR_RETURN(args.weight, service->resolve_weight(digest, specs.weight, "weight"));
+    VB_RETURN_IF_ERROR(service->check_weight(digest, specs.weight, "weight"));
     ComputeTiming timing;
-    absl::StatusOr<at::Tensor> output = service->linear_forward(args, &timing);
+    absl::StatusOr<at::Tensor> output =
+        service->linear_forward(std::move(args), specs.weight, &timing);
     record->queue_us = timing.queue_us;
     record->compute_us = timing.compute_us;
     VB_RETURN_IF_ERROR(output.status());
@@ -258,9 +259,10 @@ struct HttpFace::Impl {
     args.need_grad_bias = specs.need_grad_bias;
     args.placement = {message.header.value("device_index", -1), digest};
     VB_RETURN_IF_ERROR(service->check_placement(args.placement));
-    VB_ASSIGN_OR_RETURN(args.weight, service->resolve_weight(digest, specs.weight, "weight"));
+    VB_RETURN_IF_ERROR(service->check_weight(digest, specs.weight, "weight"));
     ComputeTiming timing;
-    absl::StatusOr<backends::LinearGrads> grads = service->linear_backward(args, &timing);
+    absl::StatusOr<backends::LinearGrads> grads =
+        service->linear_backward(std::move(args), specs.weight, &timing);
     record->queue_us = timing.queue_us;
     record->compute_us = timing.compute_us;
     VB_RETURN_IF_ERROR(grads.status());

@@ -8,6 +8,8 @@
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
+#include <map>
+#include <string>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -64,8 +66,33 @@ struct MetricsEndpoint::Impl {
           .Register(*registry);
   prometheus::Family<prometheus::Gauge>& store = prometheus::BuildGauge()
                                                      .Name("vbd_weight_store_bytes")
-                                                     .Help("Weight store occupancy and capacity")
+                                                     .Help("All tiers together: held and budget")
                                                      .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& tier_bytes =
+      prometheus::BuildGauge()
+          .Name("vbd_tier_bytes")
+          .Help("Each tier of the VGPU stack: bytes held and its budget")
+          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& tier_accesses =
+      prometheus::BuildCounter()
+          .Name("vbd_tier_accesses_total")
+          .Help("Compute calls served from a tier (hit) or looking further down (miss)")
+          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& tier_moved =
+      prometheus::BuildCounter()
+          .Name("vbd_tier_moved_bytes_total")
+          .Help("Bytes copied into and out of each tier")
+          .Register(*registry);
+  // Counters advance by what the store counted since the last scrape.
+  std::map<std::string, double> counted;
+  void advance(prometheus::Family<prometheus::Counter>& family,
+               const std::map<std::string, std::string>& labels, double total) {
+    std::string key = family.GetName();
+    for (const auto& [name, value] : labels) key += "," + name + "=" + value;
+    double& seen = counted[key];
+    family.Add(labels).Increment(total - seen);
+    seen = total;
+  }
   prometheus::Family<prometheus::Gauge>& device_memory =
       prometheus::BuildGauge()
           .Name("vbd_device_memory_bytes")
@@ -142,8 +169,28 @@ std::string MetricsEndpoint::render() {
   impl_->rejected.Add({}).Increment(static_cast<double>(g.queue.rejected - impl_->rejected_seen));
   impl_->rejected_seen = g.queue.rejected;
   impl_->inflight.Add({}).Set(g.inflight_calls);
-  impl_->store.Add({{"kind", "used"}}).Set(static_cast<double>(g.store.used_bytes));
-  impl_->store.Add({{"kind", "capacity"}}).Set(static_cast<double>(g.store.capacity_bytes));
+  double held = 0;
+  double budget = 0;
+  for (int i = 0; i < backends::kTierCount; ++i) {
+    const backends::TierCounters& c = g.store.tiers[i];
+    const std::string tier = backends::tier_name(static_cast<backends::Tier>(i));
+    held += static_cast<double>(c.held_bytes);
+    budget += static_cast<double>(c.budget_bytes);
+    impl_->tier_bytes.Add({{"tier", tier}, {"kind", "held"}})
+        .Set(static_cast<double>(c.held_bytes));
+    impl_->tier_bytes.Add({{"tier", tier}, {"kind", "budget"}})
+        .Set(static_cast<double>(c.budget_bytes));
+    impl_->advance(impl_->tier_accesses, {{"tier", tier}, {"result", "hit"}},
+                   static_cast<double>(c.hits));
+    impl_->advance(impl_->tier_accesses, {{"tier", tier}, {"result", "miss"}},
+                   static_cast<double>(c.misses));
+    impl_->advance(impl_->tier_moved, {{"tier", tier}, {"direction", "in"}},
+                   static_cast<double>(c.bytes_in));
+    impl_->advance(impl_->tier_moved, {{"tier", tier}, {"direction", "out"}},
+                   static_cast<double>(c.bytes_out));
+  }
+  impl_->store.Add({{"kind", "used"}}).Set(held);
+  impl_->store.Add({{"kind", "capacity"}}).Set(budget);
   for (const backends::DeviceDescription& d : g.devices) {
     const std::string device = absl::StrCat(d.kind, ":", d.index);
     impl_->device_memory.Add({{"device", device}, {"kind", "total"}})

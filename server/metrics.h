@@ -1,6 +1,7 @@
 // /metrics in Prometheus's text format, on its own port (loopback by default), through
 // prometheus-cpp's registry and cpp-httplib. Names are prefixed vbd_. Counters and
-// histograms move as calls finish; gauges (queue, store, device memory) are read at scrape.
+// histograms move as calls finish; gauges (queue, tiers, device memory) and the tier store's
+// counters are read at scrape.
 #pragma once
 
 #include <functional>
@@ -10,7 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "backends/backend.h"
-#include "backends/weight_store.h"
+#include "backends/tier_store.h"
 #include "server/op_stats.h"
 #include "server/work_queue.h"
 
@@ -20,7 +21,7 @@ namespace vb::server {
 struct GaugeSnapshot {
   WorkQueue::Stats queue;
   uint32_t inflight_calls = 0;
-  backends::WeightStore::Stats store;
+  backends::TierStoreStats store;
   std::vector<backends::DeviceDescription> devices;
 };
 

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <limits>
@@ -69,6 +71,50 @@ Setter bytes_setter(uint64_t ServerOptions::*member, std::string key) {
   };
 }
 
+// Tier budgets by mode; keys set explicitly win.
+struct ModePreset {
+  const char* name;
+  double device_share;  // of the compute device's memory
+  uint64_t host_bytes;
+  uint64_t ssd_bytes;
+};
+constexpr uint64_t kGiB = uint64_t{1} << 30;
+constexpr ModePreset kModes[] = {
+    {"performance", 0.8, 0, 0},  // the device tier holds everything
+    {"balanced", 0.5, 4 * kGiB, 64 * kGiB},
+    {"memory", 0.15, 16 * kGiB, 512 * kGiB},
+};
+
+const ModePreset* find_mode(absl::string_view name) {
+  for (const ModePreset& mode : kModes) {
+    if (name == mode.name) return &mode;
+  }
+  return nullptr;
+}
+
+// "auto" (the mode decides) or a byte size; 0 is allowed (the tier is off).
+Setter optional_bytes_setter(std::optional<uint64_t> ServerOptions::*member, std::string key) {
+  return [=](ServerOptions& o, absl::string_view value) -> absl::Status {
+    if (value == "auto") {
+      o.*member = std::nullopt;
+      return absl::OkStatus();
+    }
+    absl::StatusOr<uint64_t> parsed = parse_byte_size(value);
+    if (!parsed.ok()) {
+      return bad_value(key, value, "\"auto\" or a byte size such as 0, \"512MiB\" or \"4GiB\"");
+    }
+    o.*member = *parsed;
+    return absl::OkStatus();
+  };
+}
+
+std::function<std::string(const ServerOptions&)> optional_bytes_getter(
+    std::optional<uint64_t> ServerOptions::*member) {
+  return [=](const ServerOptions& o) {
+    return (o.*member).has_value() ? absl::StrCat(*(o.*member)) : std::string("\"auto\"");
+  };
+}
+
 const std::vector<KeyDef>& key_defs() {
   static const std::vector<KeyDef> defs = [] {
     std::vector<KeyDef> d;
@@ -104,10 +150,55 @@ const std::vector<KeyDef>& key_defs() {
                   "tensor bytes one call may carry (1GiB)"},
                  bytes_setter(&ServerOptions::max_request_bytes, "limits.max_request_bytes"),
                  [](const ServerOptions& o) { return absl::StrCat(o.max_request_bytes); }});
-    d.push_back({{"store.capacity_bytes", "store-capacity-bytes",
-                  "bytes of weights held; least recently used go first (4GiB)"},
-                 bytes_setter(&ServerOptions::store_capacity_bytes, "store.capacity_bytes"),
-                 [](const ServerOptions& o) { return absl::StrCat(o.store_capacity_bytes); }});
+    d.push_back({{"store.mode", "store-mode",
+                  "tier budgets preset: performance, balanced or memory (balanced)"},
+                 [](ServerOptions& o, absl::string_view v) -> absl::Status {
+                   if (find_mode(v) == nullptr) {
+                     return bad_value("store.mode", v, "performance, balanced or memory");
+                   }
+                   o.store_mode = std::string(v);
+                   return absl::OkStatus();
+                 },
+                 [](const ServerOptions& o) { return absl::StrCat("\"", o.store_mode, "\""); }});
+    d.push_back({{"store.device_bytes", "store-device-bytes",
+                  "device tier budget; auto: the mode's share of device memory (auto)"},
+                 optional_bytes_setter(&ServerOptions::store_device_bytes, "store.device_bytes"),
+                 optional_bytes_getter(&ServerOptions::store_device_bytes)});
+    d.push_back({{"store.host_bytes", "store-host-bytes",
+                  "host tier budget, pinned on GPUs, allocated at start (auto)"},
+                 optional_bytes_setter(&ServerOptions::store_host_bytes, "store.host_bytes"),
+                 optional_bytes_getter(&ServerOptions::store_host_bytes)});
+    d.push_back({{"store.ssd_bytes", "store-ssd-bytes", "SSD tier budget; 0 turns it off (auto)"},
+                 optional_bytes_setter(&ServerOptions::store_ssd_bytes, "store.ssd_bytes"),
+                 optional_bytes_getter(&ServerOptions::store_ssd_bytes)});
+    d.push_back({{"store.ssd_dir", "store-ssd-dir",
+                  "SSD tier directory, created 0700; unset: $STATE_DIRECTORY/tiers or no SSD tier"},
+                 [](ServerOptions& o, absl::string_view v) -> absl::Status {
+                   o.store_ssd_dir = std::string(v);
+                   return absl::OkStatus();
+                 },
+                 [](const ServerOptions& o) { return absl::StrCat("\"", o.store_ssd_dir, "\""); }});
+    d.push_back({{"store.ssd_recover", "store-ssd-recover",
+                  "at start, re-index the SSD tier's whole files (else delete them) (true)"},
+                 bool_setter(&ServerOptions::store_ssd_recover, "store.ssd_recover"),
+                 bool_getter(&ServerOptions::store_ssd_recover)});
+    d.push_back({{"store.policy", "store-policy",
+                  "what moves down a tier: next-use (furthest next use in the learned order) "
+                  "or lru (next-use)"},
+                 [](ServerOptions& o, absl::string_view v) -> absl::Status {
+                   VB_RETURN_IF_ERROR(backends::parse_eviction_policy(v, "store.policy").status());
+                   o.store_policy = std::string(v);
+                   return absl::OkStatus();
+                 },
+                 [](const ServerOptions& o) { return absl::StrCat("\"", o.store_policy, "\""); }});
+    d.push_back({{"store.prefetch_depth", "store-prefetch-depth",
+                  "tensors brought up to the device ahead of use; 0 turns prefetch off (2)"},
+                 int_setter(&ServerOptions::store_prefetch_depth, 0, 64, "store.prefetch_depth"),
+                 [](const ServerOptions& o) { return absl::StrCat(o.store_prefetch_depth); }});
+    d.push_back(
+        {{"store.io_threads", "store-io-threads", "SSD tier requests in flight for one tensor (4)"},
+         int_setter(&ServerOptions::store_io_threads, 1, 64, "store.io_threads"),
+         [](const ServerOptions& o) { return absl::StrCat(o.store_io_threads); }});
     d.push_back({{"compute.threads", "compute-threads",
                   "LibTorch intra-op threads; 0 keeps LibTorch's default (0)"},
                  int_setter(&ServerOptions::compute_threads, 0, 1024, "compute.threads"),
@@ -344,6 +435,43 @@ absl::StatusOr<ServerOptions> parse_server_options(const std::vector<std::string
     }
   }
   return options;
+}
+
+absl::StatusOr<backends::TierStoreOptions> tier_store_options(const ServerOptions& options,
+                                                              uint64_t device_memory_bytes) {
+  const ModePreset* mode = find_mode(options.store_mode);
+  if (mode == nullptr) {
+    return bad_value("store.mode", options.store_mode, "performance, balanced or memory");
+  }
+  backends::TierStoreOptions tiers;
+  tiers.device_bytes = options.store_device_bytes.value_or(
+      static_cast<uint64_t>(mode->device_share * static_cast<double>(device_memory_bytes)));
+  tiers.host_bytes = options.store_host_bytes.value_or(mode->host_bytes);
+  tiers.ssd_bytes = options.store_ssd_bytes.value_or(mode->ssd_bytes);
+  tiers.ssd_directory = options.store_ssd_dir;
+  if (tiers.ssd_directory.empty()) {
+    // systemd's StateDirectory= (the unit has one); anywhere else an SSD tier needs a
+    // directory named on purpose, or files would be left behind in a temporary one.
+    if (const char* state = std::getenv("STATE_DIRECTORY"); state != nullptr && *state != 0) {
+      const std::string first(state, std::strcspn(state, ":"));
+      tiers.ssd_directory = absl::StrCat(first, "/tiers");
+    }
+  }
+  if (tiers.ssd_directory.empty() && tiers.ssd_bytes > 0) {
+    if (options.store_ssd_bytes.has_value()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "store.ssd_bytes = ", tiers.ssd_bytes,
+          " but store.ssd_dir is unset (and no $STATE_DIRECTORY): name the SSD tier's directory"));
+    }
+    VB_LOG_INFO("no store.ssd_dir (nor $STATE_DIRECTORY): the SSD tier is off");
+    tiers.ssd_bytes = 0;
+  }
+  VB_ASSIGN_OR_RETURN(tiers.policy,
+                      backends::parse_eviction_policy(options.store_policy, "store.policy"));
+  tiers.ssd_recover = options.store_ssd_recover;
+  tiers.prefetch_depth = options.store_prefetch_depth;
+  tiers.io_threads = options.store_io_threads;
+  return tiers;
 }
 
 std::string options_usage() {

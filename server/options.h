@@ -3,10 +3,12 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "backends/tier_store.h"
 
 namespace vb::server {
 
@@ -19,8 +21,18 @@ struct ServerOptions {
   uint32_t workers = 2;     // compute calls running at once
   uint32_t max_queue = 64;  // compute calls waiting; one more is RESOURCE_EXHAUSTED
   uint64_t max_request_bytes = uint64_t{1} << 30;  // tensor bytes one call may carry
-  // [store]
-  uint64_t store_capacity_bytes = uint64_t{4} << 30;
+  // [store]: the VGPU stack (backends/tier_store.h). Budgets left unset ("auto") come from
+  // the mode: performance (all on the device, no SSD tier), balanced, memory (a small device
+  // tier over large host and SSD tiers).
+  std::string store_mode = "balanced";
+  std::optional<uint64_t> store_device_bytes;
+  std::optional<uint64_t> store_host_bytes;
+  std::optional<uint64_t> store_ssd_bytes;
+  std::string store_ssd_dir;      // unset: $STATE_DIRECTORY/tiers under systemd, else no SSD tier
+  bool store_ssd_recover = true;  // re-index the SSD tier's files at start
+  std::string store_policy = "next-use";  // or "lru"
+  int store_prefetch_depth = 2;
+  int store_io_threads = 4;
   // [compute]
   int compute_threads = 0;  // LibTorch intra-op threads; 0 keeps LibTorch's choice
   bool allow_tf32 = false;  // TF32 for float32 matmuls on GPUs
@@ -62,6 +74,11 @@ absl::StatusOr<ServerOptions> parse_server_options_toml(absl::string_view toml_t
                                                         absl::string_view source_name);
 // "4GiB", "512MiB", "1000" -> bytes.
 absl::StatusOr<uint64_t> parse_byte_size(absl::string_view text);
+
+// The tier store's options: the mode's budgets where the keys leave them unset (the device
+// budget as a share of `device_memory_bytes`), the SSD directory resolved.
+absl::StatusOr<backends::TierStoreOptions> tier_store_options(const ServerOptions& options,
+                                                              uint64_t device_memory_bytes);
 
 std::string options_usage();
 // The options in force, as TOML (for logs and `vbctl info`).

@@ -108,7 +108,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::start(const ServerOptions& optio
                       server_credentials(options));
   VB_ASSIGN_OR_RETURN(TokenCheck tokens, TokenCheck::load(options.token_file));
   VB_ASSIGN_OR_RETURN(std::unique_ptr<backends::Backend> backend, make_backend(options));
-  server->service_ = std::make_unique<ComputeService>(options, std::move(backend));
+  VB_ASSIGN_OR_RETURN(server->service_, ComputeService::create(options, std::move(backend)));
   server->http_tokens_ = tokens;
   server->grpc_service_ =
       std::make_unique<GrpcComputeService>(server->service_.get(), std::move(tokens));

@@ -8,12 +8,12 @@
 #include <cuda_runtime_api.h>
 
 #include <atomic>
-#include <list>
 #include <mutex>
 #include <unordered_map>
 
 #include "absl/strings/str_cat.h"
 #include "backends/cuda/copy_engine.h"
+#include "backends/cuda/cuda_tier_memory.h"
 #include "backends/linear_op.h"
 #include "backends/tensor_util.h"
 #include "common/log.h"
@@ -27,58 +27,9 @@ std::string version_string(int version) {
   return absl::StrCat(version / 1000, ".", (version % 1000) / 10);
 }
 
-// Weights resident on one device, least recently used evicted past the budget.
-class DeviceWeightCache {
- public:
-  explicit DeviceWeightCache(uint64_t budget_bytes) : budget_bytes_(budget_bytes) {}
-
-  at::Tensor find(const std::string& key) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto it = entries_.find(key);
-    if (it == entries_.end()) return at::Tensor();
-    lru_.splice(lru_.begin(), lru_, it->second.position);
-    return it->second.tensor;
-  }
-
-  void insert(const std::string& key, const at::Tensor& tensor) {
-    const uint64_t size = tensor.numel() * tensor.element_size();
-    if (size > budget_bytes_) return;
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (entries_.count(key)) return;
-    while (used_bytes_ + size > budget_bytes_ && !lru_.empty()) {
-      auto victim = entries_.find(lru_.back());
-      used_bytes_ -= victim->second.tensor.numel() * victim->second.tensor.element_size();
-      entries_.erase(victim);  // the caching allocator knows the streams that still use it
-      lru_.pop_back();
-    }
-    lru_.push_front(key);
-    entries_.emplace(key, Entry{tensor, lru_.begin()});
-    used_bytes_ += size;
-  }
-
-  void clear() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    entries_.clear();
-    lru_.clear();
-    used_bytes_ = 0;
-  }
-
- private:
-  struct Entry {
-    at::Tensor tensor;
-    std::list<std::string>::iterator position;
-  };
-  const uint64_t budget_bytes_;
-  std::mutex mutex_;
-  std::unordered_map<std::string, Entry> entries_;
-  std::list<std::string> lru_;
-  uint64_t used_bytes_ = 0;
-};
-
 struct Device {
   int index = 0;
   std::unique_ptr<CopyEngine> copy;
-  std::unique_ptr<DeviceWeightCache> weights;
   std::atomic<int> inflight{0};
 };
 
@@ -107,15 +58,6 @@ class CudaBackend final : public Backend {
       auto device = std::make_unique<Device>();
       device->index = i;
       VB_ASSIGN_OR_RETURN(device->copy, CopyEngine::create(i));
-      size_t free_bytes = 0;
-      size_t total_bytes = 0;
-      {
-        c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(i));
-        VB_RETURN_IF_ERROR(
-            cuda_status(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo"));
-      }
-      device->weights = std::make_unique<DeviceWeightCache>(
-          static_cast<uint64_t>(options.weight_cache_fraction * static_cast<double>(total_bytes)));
       backend->devices_.push_back(std::move(device));
     }
     VB_LOG_INFO("CUDA backend on ", count, " device(s); TF32 ",
@@ -153,6 +95,13 @@ class CudaBackend final : public Backend {
     return out;
   }
 
+  absl::StatusOr<std::unique_ptr<TierMemory>> make_tier_memory() const override {
+    return make_cuda_tier_memory(devices_.front()->index);
+  }
+  c10::Device tier_device() const override {
+    return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(devices_.front()->index));
+  }
+
   at::TensorOptions host_tensor_options() const override {
     return at::TensorOptions().pinned_memory(true);
   }
@@ -175,14 +124,14 @@ class CudaBackend final : public Backend {
       const c10::cuda::CUDAStream stream = stream_for(device);
       c10::cuda::CUDAStreamGuard stream_guard(stream);
       VB_ASSIGN_OR_RETURN(at::Tensor x, to_device(device, args.input, stream));
-      VB_ASSIGN_OR_RETURN(at::Tensor w, weight_on(device, args.weight, args.placement, stream));
+      const at::Tensor w = weight_on(device, args.weight);
       at::Tensor b;
       if (args.bias.defined()) {
         VB_ASSIGN_OR_RETURN(b, to_device(device, args.bias, stream));
       }
       return to_host(device, at::linear(x, w, b), stream);
     } catch (...) {
-      return recover(device, "linear_forward on cuda", std::current_exception());
+      return recover("linear_forward on cuda", std::current_exception());
     }
   }
 
@@ -201,7 +150,7 @@ class CudaBackend final : public Backend {
       const at::Tensor grad_2d = grad.reshape({-1, out_features});
       LinearGrads grads;
       if (args.need_grad_input) {
-        VB_ASSIGN_OR_RETURN(at::Tensor w, weight_on(device, args.weight, args.placement, stream));
+        const at::Tensor w = weight_on(device, args.weight);
         std::vector<int64_t> shape(args.grad_output.sizes().begin(),
                                    args.grad_output.sizes().end());
         shape.back() = in_features;
@@ -218,7 +167,7 @@ class CudaBackend final : public Backend {
       }
       return grads;
     } catch (...) {
-      return recover(device, "linear_backward on cuda", std::current_exception());
+      return recover("linear_backward on cuda", std::current_exception());
     }
   }
 
@@ -260,24 +209,11 @@ class CudaBackend final : public Backend {
     return out;
   }
 
-  // The weight resident on `device`, uploaded (once) if it is not there yet.
-  absl::StatusOr<at::Tensor> weight_on(Device& device, const at::Tensor& host,
-                                       const Placement& placement,
-                                       const c10::cuda::CUDAStream& stream) {
-    if (!placement.weight_key.empty()) {
-      at::Tensor cached = device.weights->find(placement.weight_key);
-      if (cached.defined()) {
-        cached.record_stream(stream);
-        return cached;
-      }
-    }
-    VB_ASSIGN_OR_RETURN(at::Tensor uploaded, to_device(device, host, stream));
-    if (!placement.weight_key.empty()) {
-      // Other streams may use the cached copy at once: let the upload land first.
-      stream.synchronize();
-      device.weights->insert(placement.weight_key, uploaded);
-    }
-    return uploaded;
+  // The weight on `device`: the tier store keeps it resident on the first GPU; a call
+  // placed on another one copies it there (peer to peer where the GPUs allow).
+  static at::Tensor weight_on(const Device& device, const at::Tensor& weight) {
+    if (weight.device().index() == device.index) return weight;
+    return weight.to(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(device.index)));
   }
 
   // `device_tensor` (computed on `stream`) into pinned host memory.
@@ -294,10 +230,9 @@ class CudaBackend final : public Backend {
 
   // Out of memory leaves the allocator holding cached blocks: give them back so the next
   // call starts clean, and answer with LibTorch's message (it names the sizes).
-  absl::Status recover(Device& device, const char* what, std::exception_ptr error) {
+  static absl::Status recover(const char* what, std::exception_ptr error) {
     absl::Status status = status_from_exception(what, error);
     if (absl::IsResourceExhausted(status)) {
-      device.weights->clear();
       c10::cuda::CUDACachingAllocator::emptyCache();
       VB_LOG_WARNING(status.message());
     }

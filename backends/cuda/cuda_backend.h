@@ -2,8 +2,8 @@
 // of LibTorch). Every local GPU is used: a call runs on the device it names or on the least
 // loaded one. Inputs arrive in pinned host memory and reach the device through the copy
 // engine on their own stream; compute runs on the calling worker's stream for that device; outputs
-// come back into pinned memory. Weights stay resident per device (keyed by digest, least recently
-// used evicted) so a weight crosses PCIe once, not once per call.
+// come back into pinned memory. Weights arrive resident on the first GPU, placed there by the
+// daemon's tier store, so a weight crosses PCIe once, not once per call.
 #pragma once
 
 #include <memory>
@@ -18,8 +18,6 @@ struct CudaBackendOptions {
   // TF32 tensor cores for float32 matmuls. Off by default: results then compare tightly with
   // the CPU (float32 to 1e-5 relative).
   bool allow_tf32 = false;
-  // Share of each device's memory that resident weights may take.
-  double weight_cache_fraction = 0.5;
 };
 
 class CudaBackend;

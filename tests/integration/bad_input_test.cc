@@ -248,38 +248,5 @@ TEST_F(BadInputTest, RequestOverTheSizeLimitIsRefusedAndTheRouterFallsBack) {
   EXPECT_EQ(stats.targets.at(router->targets()[0]->name()).failures, 1u);
 }
 
-TEST(EvictionTest, ClientUploadsAgainWhenTheDaemonAnswersNotFound) {
-  // Room for one 40 KB weight: the second upload evicts the first.
-  DaemonProcess daemon({"--store-capacity-bytes", "64KiB"});
-  auto router = make_router({daemon.address()});
-  nn::RemoteLinear first(nn::RemoteLinearOptions(100, 100), router);
-  nn::RemoteLinear second(nn::RemoteLinearOptions(100, 100), router);
-  torch::NoGradGuard no_grad;
-  const at::Tensor x = torch::randn({2, 100});
-  auto check = [&](nn::RemoteLinear& layer) {
-    const at::Tensor expected = x.mm(layer->weight.t()) + layer->bias;
-    EXPECT_LT(relative_error(layer->forward(x), expected), 1e-6);
-  };
-  check(first);
-  check(second);  // evicts first's weight
-  check(first);   // NOT_FOUND, upload, retry: still the right answer
-  const auto uploads = [&](nn::RemoteLinear& layer) {
-    return layer->get_stats().targets.begin()->second.uploads;
-  };
-  EXPECT_EQ(uploads(first), 2u);
-  EXPECT_EQ(uploads(second), 1u);
-  EXPECT_EQ(first->get_stats().failed_calls, 0u);
-  DaemonClient client(daemon.address());
-  absl::StatusOr<v1::GetStatsResponse> stats = client.get_stats();
-  ASSERT_TRUE(stats.ok());
-  bool saw_not_found = false;
-  for (const v1::OpStats& op : stats->ops()) {
-    for (const v1::StatusCount& s : op.statuses()) {
-      saw_not_found |= op.op() == "LinearForward" && s.code() == "NOT_FOUND" && s.count() == 1;
-    }
-  }
-  EXPECT_TRUE(saw_not_found) << "the daemon answered NOT_FOUND once";
-}
-
 }  // namespace
 }  // namespace vb::testing

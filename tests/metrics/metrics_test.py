@@ -93,7 +93,7 @@ def main():
         check('vbd_requests_total{code="OK",op="GetInfo"} 3' in text,
               "GetInfo counted three times in /metrics")
         for family in ("vbd_request_duration_seconds", "vbd_queue_calls", "vbd_inflight_calls",
-                       "vbd_weight_store_bytes", "vbd_device_memory_bytes",
+                       "vbd_weight_store_bytes", "vbd_device_memory_bytes", "vbd_tier_bytes",
                        "vbd_received_bytes_total", "vbd_sent_bytes_total"):
             check(f"# TYPE {family} " in text, f"{family} is exposed")
         lint = subprocess.run(["promtool", "check", "metrics"], input=text, text=True,

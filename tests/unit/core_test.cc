@@ -14,7 +14,7 @@
 
 #include "backends/device_manager.h"
 #include "backends/linear_op.h"
-#include "backends/weight_store.h"
+#include "backends/tier_store.h"
 #include "client/circuit_breaker.h"
 #include "client/stats.h"
 #include "common/digest.h"
@@ -52,7 +52,10 @@ workers = 4
 max_queue = 8
 max_request_bytes = "512MiB"
 [store]
-capacity_bytes = 1048576
+mode = "memory"
+device_bytes = "1MiB"
+ssd_bytes = 0
+policy = "lru"
 [log]
 level = "debug"
 )",
@@ -64,7 +67,18 @@ level = "debug"
   EXPECT_EQ(options->workers, 4u);
   EXPECT_EQ(options->max_queue, 8u);
   EXPECT_EQ(options->max_request_bytes, uint64_t{512} << 20);
-  EXPECT_EQ(options->store_capacity_bytes, 1048576u);
+  EXPECT_EQ(options->store_mode, "memory");
+  EXPECT_EQ(options->store_device_bytes, uint64_t{1} << 20);
+  EXPECT_EQ(options->store_ssd_bytes, 0u);
+  EXPECT_FALSE(options->store_host_bytes.has_value()) << "left to the mode";
+  EXPECT_EQ(options->store_policy, "lru");
+  absl::StatusOr<backends::TierStoreOptions> tiers =
+      server::tier_store_options(*options, uint64_t{8} << 30);
+  ASSERT_TRUE(tiers.ok()) << tiers.status();
+  EXPECT_EQ(tiers->device_bytes, uint64_t{1} << 20) << "the key wins over the mode";
+  EXPECT_EQ(tiers->host_bytes, uint64_t{16} << 30) << "memory mode's host budget";
+  EXPECT_EQ(tiers->ssd_bytes, 0u);
+  EXPECT_EQ(tiers->policy, backends::EvictionPolicy::kLru);
   EXPECT_EQ(options->log_level, "debug");
 }
 
@@ -103,8 +117,23 @@ TEST(OptionsTest, ErrorsNameKeyValueAndExpectation) {
       server::parse_server_options_toml("[limits\n", "vbd.toml");
   EXPECT_THAT(message_of(syntax.status()), HasSubstr("vbd.toml:1"));
   absl::StatusOr<server::ServerOptions> size =
-      server::parse_server_options({"--store-capacity-bytes", "lots"});
-  EXPECT_THAT(message_of(size.status()), HasSubstr("store.capacity_bytes = \"lots\""));
+      server::parse_server_options({"--store-device-bytes", "lots"});
+  EXPECT_THAT(message_of(size.status()), HasSubstr("store.device_bytes = \"lots\""));
+  absl::StatusOr<server::ServerOptions> policy =
+      server::parse_server_options({"--store-policy", "fifo"});
+  EXPECT_THAT(message_of(policy.status()),
+              HasSubstr("store.policy = \"fifo\": expected \"lru\" or \"next-use\""));
+  absl::StatusOr<server::ServerOptions> mode =
+      server::parse_server_options({"--store-mode", "fast"});
+  EXPECT_THAT(message_of(mode.status()), HasSubstr("store.mode = \"fast\": expected performance"));
+  // An SSD budget with nowhere to put the files is refused, not silently dropped.
+  absl::StatusOr<server::ServerOptions> no_dir =
+      server::parse_server_options({"--store-ssd-bytes", "1GiB"});
+  ASSERT_TRUE(no_dir.ok());
+  if (std::getenv("STATE_DIRECTORY") == nullptr) {
+    EXPECT_THAT(message_of(server::tier_store_options(*no_dir, 1 << 30).status()),
+                HasSubstr("store.ssd_dir is unset"));
+  }
 }
 
 TEST(OptionsTest, ByteSizes) {
@@ -283,30 +312,6 @@ TEST(CircuitBreakerTest, OpensProbesAndBacksOff) {
   EXPECT_EQ(breaker.state(), State::kClosed);
   breaker.record_failure();
   EXPECT_EQ(breaker.state(), State::kClosed) << "the count restarted";
-}
-
-// ---- weight store ----
-
-at::Tensor blob(int64_t bytes) { return at::zeros({bytes}, at::kByte); }
-
-TEST(WeightStoreTest, EvictsLeastRecentlyUsedAndKeepsBlobsInUse) {
-  backends::WeightStore store(100);
-  ASSERT_TRUE(store.put("a", blob(40)).ok());
-  ASSERT_TRUE(store.put("b", blob(40)).ok());
-  std::shared_ptr<const at::Tensor> a = store.get("a");  // a is now the most recent
-  ASSERT_TRUE(store.put("c", blob(40)).ok());            // evicts b
-  EXPECT_TRUE(store.contains("a"));
-  EXPECT_FALSE(store.contains("b"));
-  EXPECT_TRUE(store.contains("c"));
-  ASSERT_TRUE(store.put("d", blob(61)).ok());  // evicts a, then c
-  EXPECT_FALSE(store.contains("a"));
-  EXPECT_EQ(a->numel(), 40) << "a caller's reference outlives eviction";
-  EXPECT_FALSE(store.contains("c"));
-  EXPECT_EQ(store.stats().used_bytes, 61u);
-  EXPECT_EQ(store.stats().evictions, 3u);
-  const absl::Status too_big = store.put("e", blob(101));
-  EXPECT_TRUE(absl::IsResourceExhausted(too_big));
-  EXPECT_THAT(message_of(too_big), HasSubstr("101 bytes exceeds"));
 }
 
 // ---- codec ----
