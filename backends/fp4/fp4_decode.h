@@ -179,25 +179,30 @@ VB_FP4_HD float byte_scale_to_float(Format format, uint32_t byte) {
   return format == Format::kNvfp4 ? e4m3_to_float(byte) : e8m0_to_float(byte);
 }
 
-// One dequantized weight. `scale_bits` is the block's scale: the byte for NVFP4/MXFP4, the
-// float32's bits for NF4/bnb_fp4.
+// One dequantized weight from its element value (element_to_float) and its block's scale:
+// `scale_bits` is the byte for NVFP4/MXFP4, the float32's bits for NF4/bnb_fp4.
 //  - NVFP4: (e2m1 * e4m3) * tensor_scale. The first product is exact (2 x 4 significant
 //    bits), so the result is the exact product rounded once.
 //  - MXFP4: e2m1 * 2^(e-127), exact (a power of two; 2^-127 * 0.5 is still a float32).
 //  - NF4, bnb_fp4: table value * absmax, rounded once.
 // A NaN scale (E4M3 0x7F/0xFF, E8M0 0xFF) makes the whole block the canonical NaN.
-VB_FP4_HD float dequantize_value(Format format, uint32_t code, uint32_t scale_bits,
-                                 float tensor_scale) {
+VB_FP4_HD float scale_element(Format format, float element, uint32_t scale_bits,
+                              float tensor_scale) {
   if (format == Format::kNvfp4) {
     if (e4m3_is_nan(scale_bits)) return canonical_nan();
-    return (e2m1_to_float(code) * e4m3_to_float(scale_bits)) * tensor_scale;
+    return (element * e4m3_to_float(scale_bits)) * tensor_scale;
   }
   if (format == Format::kMxfp4) {
     if (e8m0_is_nan(scale_bits)) return canonical_nan();
-    return e2m1_to_float(code) * e8m0_to_float(scale_bits);
+    return element * e8m0_to_float(scale_bits);
   }
-  const float value = element_to_float(format, code) * float_from_bits(scale_bits);
+  const float value = element * float_from_bits(scale_bits);
   return value != value ? canonical_nan() : value;
+}
+
+VB_FP4_HD float dequantize_value(Format format, uint32_t code, uint32_t scale_bits,
+                                 float tensor_scale) {
+  return scale_element(format, element_to_float(format, code), scale_bits, tensor_scale);
 }
 
 }  // namespace vb::backends::fp4
