@@ -134,7 +134,7 @@ TEST(Fp4GpuTest, DequantizeIsBitExactWithTheCpu) {
     auto q = cpu::quantize(w.data(), 96, 512, f);
     ASSERT_TRUE(q.ok()) << q.status();
     expect_dequantize_bit_exact(*q, name + " quantized");
-    // 8 rows x 8 blocks of 64 covers all 256 scale bytes for NVFP4 (16-blocks: 2048 of them).
+    // 40 rows of 512 hold at least 320 blocks: every scale byte value (the i-th block has i % 256).
     expect_dequantize_bit_exact(adversarial(f, 40, 512, 2), name + " adversarial");
     if (f == Format::kNvfp4) {
       cpu::PackedWeight tiny = adversarial(f, 16, 256, 3);
