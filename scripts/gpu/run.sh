@@ -53,5 +53,8 @@ build-gpu/client/vbctl doctor 2>&1 | tee "$out/doctor.txt"
 
 stamp "GPU benchmark"
 build-gpu/bench/gpu_bench 2>&1 | tee "$out/gpu-bench.txt"
+
+stamp "4-bit weight benchmark"
+build-gpu/bench/fp4_bench 2>&1 | tee "$out/fp4-bench.txt"
 stamp "done"
 exit $gpu_rc

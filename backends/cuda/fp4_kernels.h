@@ -1,0 +1,85 @@
+// CUDA kernels for the 4-bit weight formats of backends/fp4 (same layout, same decode
+// functions: backends/fp4/fp4_decode.h), on the CUDA runtime alone.
+//
+//  - dequantize_to_float / dequantize_to_bf16: the whole weight, bit-exact with the CPU
+//    reference (fp4::dequantize; bf16 is that float rounded to nearest even).
+//  - fp4_linear: y = x W^T (+ bias) for batch 1..16 with x, y in bf16 or fp16, float32
+//    accumulation, reading the packed codes and scales directly: each weight byte is read
+//    once per call and no dequantized weight is written anywhere. Tensor-core mma.sync
+//    (m16n8k16): each warp decodes its weights into registers through a per-lane copy of a
+//    256-entry byte -> two-16-bit-values table in shared memory, multiplies by the block scale
+//    in the 16-bit type, and feeds the products to the MMA with the batch as its N side.
+//  - Above 16 rows, callers dequantize to bf16 into a scratch buffer (dequantize_to_bf16) and
+//    run a bf16 GEMM (cuBLAS); docs/fp4.md says where that crosses over.
+//
+// Precision of fp4_linear: NVFP4 and MXFP4 weights (element x block scale) are exact in bf16;
+// NF4 and bnb_fp4 table values and absmax are rounded to the 16-bit type (relative 2^-9 in
+// bf16, 2^-12 in fp16). With fp16 activations the decoded weights must fit fp16: MXFP4 block
+// scales within 2^-24 .. 2^13, NF4/bnb_fp4 absmax <= 65504 (bf16 has no such limit). NVFP4's
+// tensor scale and the bias are applied in float32 at the end.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "backends/fp4/fp4.h"
+
+namespace vb::backends::cuda::fp4 {
+
+using backends::fp4::Format;
+
+// A packed weight in device memory, laid out as backends/fp4/fp4.h says. `codes` must be
+// 16-byte aligned (8 is enough when k is not a multiple of 32), float scales 4-byte aligned.
+struct DeviceWeightView {
+  Format format = Format::kNvfp4;
+  int64_t n = 0;
+  int64_t k = 0;
+  const uint8_t* codes = nullptr;  // n * k / 2 bytes
+  const void* scales = nullptr;    // n * k / block bytes (NVFP4, MXFP4) or float32s
+  float tensor_scale = 1.0f;
+};
+
+// Device copies of a PackedWeight's codes and scales (cudaMalloc'd on the current device).
+class DeviceWeight {
+ public:
+  static absl::StatusOr<std::unique_ptr<DeviceWeight>> upload(
+      const backends::fp4::PackedWeight& weight);
+  ~DeviceWeight();
+  DeviceWeight(const DeviceWeight&) = delete;
+  DeviceWeight& operator=(const DeviceWeight&) = delete;
+  const DeviceWeightView& view() const { return view_; }
+
+ private:
+  DeviceWeight() = default;
+  DeviceWeightView view_;
+  void* codes_ = nullptr;
+  void* scales_ = nullptr;
+};
+
+// The 16-bit type of x, bias and y.
+enum class Activation { kBf16, kFp16 };
+
+// Largest batch fp4_linear takes; larger batches go through dequantize_to_bf16 + a GEMM.
+constexpr int64_t kFusedMaxBatch = 16;
+
+// out: n * k float32 (16-byte aligned), on `stream`.
+absl::Status dequantize_to_float(const DeviceWeightView& weight, float* out, cudaStream_t stream);
+// out: n * k bfloat16 as raw bits (16-byte aligned), on `stream`.
+absl::Status dequantize_to_bf16(const DeviceWeightView& weight, uint16_t* out, cudaStream_t stream);
+
+struct LinearOptions {
+  int warps_per_block = 8;  // split-K ways inside a block: 1, 2, 4 or 8
+};
+
+// y[b, j] = sum_k x[b, k] * W[j, k] (+ bias[j]) for b < batch, j < n. x: [batch, k] (16-byte
+// aligned), bias: n values or null, y: [batch, n]; all of type `type`, on the device.
+// INVALID_ARGUMENT for batch outside 0..16, bad alignment or a bad weight shape.
+absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t batch,
+                        Activation type, const void* bias, void* y, cudaStream_t stream,
+                        LinearOptions options = {});
+
+}  // namespace vb::backends::cuda::fp4

@@ -1,0 +1,194 @@
+// 4-bit weight Linear on the GPU against bf16 cuBLAS (at::linear) measured in the same run.
+// For K = 8192 and N = 28672 / 8192, batch 1, 16 (fused kernel) and 256 (dequantize to bf16
+// + at::linear), per format: median time over many runs (CUDA events, back-to-back launches),
+// weights rotated over enough copies to exceed the L2 several times, the speedup over bf16,
+// the weight bytes streamed per second, and that rate as a fraction of a device-to-device
+// cudaMemcpy (read + write bytes) measured first. Each timed configuration is checked first.
+//
+//   build-gpu/bench/fp4_bench [--quick]
+#include <cuda_runtime_api.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "backends/cuda/copy_engine.h"
+#include "backends/cuda/fp4_kernels.h"
+
+namespace {
+
+namespace fp4 = vb::backends::cuda::fp4;
+using vb::backends::fp4::Format;
+
+void check(const absl::Status& status, const char* what) {
+  if (status.ok()) return;
+  std::fprintf(stderr, "%s: %s\n", what, status.ToString().c_str());
+  std::exit(1);
+}
+
+void check_cuda(cudaError_t error, const char* what) {
+  check(vb::backends::cuda::cuda_status(error, what), what);
+}
+
+// Median milliseconds of `run(i)` over `reps` launches enqueued back to back (the host stays
+// ahead of the device, so the events time the device work), after `warmup` launches.
+double median_ms(int reps, const std::function<void(int)>& run, int warmup = 3) {
+  for (int i = 0; i < warmup; ++i) run(i);
+  std::vector<cudaEvent_t> events(reps + 1);
+  for (auto& e : events) check_cuda(cudaEventCreate(&e), "cudaEventCreate");
+  check_cuda(cudaEventRecord(events[0], nullptr), "cudaEventRecord");
+  for (int i = 0; i < reps; ++i) {
+    run(i);
+    check_cuda(cudaEventRecord(events[i + 1], nullptr), "cudaEventRecord");
+  }
+  check_cuda(cudaEventSynchronize(events[reps]), "cudaEventSynchronize");
+  check_cuda(cudaGetLastError(), "launch");
+  std::vector<double> times;
+  for (int i = 0; i < reps; ++i) {
+    float ms = 0;
+    check_cuda(cudaEventElapsedTime(&ms, events[i], events[i + 1]), "cudaEventElapsedTime");
+    times.push_back(ms);
+  }
+  for (auto& e : events) cudaEventDestroy(e);
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+double relative_error(const at::Tensor& actual, const at::Tensor& expected) {
+  const at::Tensor a = actual.to(at::kDouble);
+  const at::Tensor e = expected.to(at::kDouble);
+  return (a - e).norm().item<double>() / e.norm().item<double>();
+}
+
+// Random codes and plausible scales on the device (the kernels' speed does not depend on the
+// values; the checks compare against the same weights dequantized).
+struct Fp4Copy {
+  at::Tensor codes, scales;
+  fp4::DeviceWeightView view;
+};
+
+Fp4Copy make_weight(Format format, int64_t n, int64_t k) {
+  const auto cuda = torch::TensorOptions().device(torch::kCUDA);
+  Fp4Copy w;
+  w.codes = torch::randint(0, 256, {n * k / 2}, cuda.dtype(torch::kUInt8));
+  const int64_t blocks = n * (k / vb::backends::fp4::block_size(format));
+  if (format == Format::kNvfp4) {
+    w.scales = torch::randint(0x28, 0x40, {blocks}, cuda.dtype(torch::kUInt8));  // 2^-2 .. 2
+  } else if (format == Format::kMxfp4) {
+    w.scales = torch::randint(118, 124, {blocks}, cuda.dtype(torch::kUInt8));  // 2^-9 .. 2^-4
+  } else {
+    w.scales = torch::rand({blocks}, cuda.dtype(torch::kFloat)) * 0.05 + 0.01;
+  }
+  w.view.format = format;
+  w.view.n = n;
+  w.view.k = k;
+  w.view.codes = static_cast<const uint8_t*>(w.codes.data_ptr());
+  w.view.scales = w.scales.data_ptr();
+  w.view.tensor_scale = format == Format::kNvfp4 ? 0.01f : 1.0f;
+  return w;
+}
+
+double copy_bandwidth_gbps() {
+  const int64_t bytes = int64_t{1} << 30;
+  const auto opts = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kUInt8);
+  const at::Tensor src = torch::randint(0, 256, {bytes}, opts);
+  at::Tensor dst = torch::empty({bytes}, opts);
+  const double ms = median_ms(20, [&](int) {
+    check_cuda(
+        cudaMemcpyAsync(dst.data_ptr(), src.data_ptr(), bytes, cudaMemcpyDeviceToDevice, nullptr),
+        "cudaMemcpyAsync");
+  });
+  return 2.0 * bytes / (ms / 1e3) / 1e9;  // read + write
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+  if (vb::backends::cuda::visible_devices() == 0) {
+    std::printf("fp4_bench: no CUDA device visible\n");
+    return 0;
+  }
+  torch::NoGradGuard no_grad;
+  cudaDeviceProp prop{};
+  check_cuda(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
+  const double copy_gbps = copy_bandwidth_gbps();
+  std::printf("GPU %s, %d SMs, L2 %d MB; device-to-device copy %.0f GB/s (read + write)\n",
+              prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20, copy_gbps);
+  const int reps = quick ? 10 : 50;
+  const int64_t rotate_bytes = std::max<int64_t>(int64_t{4} * prop.l2CacheSize, 256 << 20);
+  const auto bf16 = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+
+  std::printf("\n%-7s %-12s %5s  %10s %10s %8s  %10s %8s  %s\n", "format", "N x K", "batch",
+              "fp4 us", "bf16 us", "speedup", "weight GB/s", "of copy", "path");
+  const std::vector<Format> formats = {Format::kNvfp4, Format::kMxfp4, Format::kNf4,
+                                       Format::kBnbFp4};
+  for (auto [n, k] : {std::pair<int64_t, int64_t>{28672, 8192}, {8192, 8192}}) {
+    const std::string shape = std::to_string(n) + "x" + std::to_string(k);
+    const int64_t bf16_bytes = n * k * 2;
+    const int bf16_copies = static_cast<int>(std::max<int64_t>(2, rotate_bytes / bf16_bytes + 1));
+    std::vector<at::Tensor> w16;
+    for (int i = 0; i < bf16_copies; ++i) w16.push_back(torch::randn({n, k}, bf16) * 0.02);
+    at::Tensor scratch = torch::empty({n, k}, bf16);
+
+    for (Format format : formats) {
+      const int64_t blocks = n * (k / vb::backends::fp4::block_size(format));
+      const int64_t packed_bytes = n * k / 2 + blocks * vb::backends::fp4::scale_bytes(format);
+      const int copies = static_cast<int>(std::max<int64_t>(2, rotate_bytes / packed_bytes + 1));
+      std::vector<Fp4Copy> w4;
+      for (int i = 0; i < copies; ++i) w4.push_back(make_weight(format, n, k));
+
+      for (int64_t batch : {1, 16, 256}) {
+        const at::Tensor x = torch::randn({batch, k}, bf16);
+        at::Tensor y = torch::empty({batch, n}, bf16);
+        const bool fused = batch <= fp4::kFusedMaxBatch;
+        auto run_fp4 = [&](int i, bool use_fused) {
+          const fp4::DeviceWeightView& v = w4[i % copies].view;
+          if (use_fused) {
+            check(fp4::fp4_linear(v, x.data_ptr(), batch, fp4::Activation::kBf16, nullptr,
+                                  y.data_ptr(), nullptr),
+                  "fp4_linear");
+          } else {
+            check(fp4::dequantize_to_bf16(v, static_cast<uint16_t*>(scratch.data_ptr()), nullptr),
+                  "dequantize_to_bf16");
+            y = at::linear(x, scratch);
+          }
+        };
+        // Check before timing: against at::linear on the same weights dequantized to bf16.
+        for (int path = 0; path < (fused ? 2 : 1); ++path) {
+          const bool use_fused = fused && path == 0;
+          y.fill_(std::numeric_limits<float>::quiet_NaN());
+          run_fp4(0, use_fused);
+          check(fp4::dequantize_to_bf16(w4[0].view, static_cast<uint16_t*>(scratch.data_ptr()),
+                                        nullptr),
+                "dequantize_to_bf16");
+          const at::Tensor ref = at::linear(x.to(at::kFloat), scratch.to(at::kFloat));
+          const double err = relative_error(y, ref);
+          if (!(err < 1e-2)) {
+            std::fprintf(stderr, "CHECK FAILED %s %s batch %ld %s: relative error %.3e\n",
+                         vb::backends::fp4::format_name(format), shape.c_str(),
+                         static_cast<long>(batch), use_fused ? "fused" : "dequant+gemm", err);
+            return 1;
+          }
+        }
+        const double bf16_ms =
+            median_ms(reps, [&](int i) { y = at::linear(x, w16[i % bf16_copies]); });
+        for (int path = 0; path < (fused ? 2 : 1); ++path) {
+          const bool use_fused = fused && path == 0;
+          const double ms = median_ms(reps, [&](int i) { run_fp4(i, use_fused); });
+          const double gbps = packed_bytes / (ms / 1e3) / 1e9;
+          std::printf("%-7s %-12s %5ld  %10.1f %10.1f %7.2fx  %10.0f %7.0f%%  %s\n",
+                      vb::backends::fp4::format_name(format), shape.c_str(),
+                      static_cast<long>(batch), ms * 1e3, bf16_ms * 1e3, bf16_ms / ms, gbps,
+                      100.0 * gbps / copy_gbps, use_fused ? "fused" : "dequant+gemm");
+        }
+      }
+    }
+  }
+  return 0;
+}
