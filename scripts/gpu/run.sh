@@ -44,8 +44,9 @@ grep -E "tests passed|Failed|\*\*\*" "$out/gpu-tests.log" | head -20
 # The figures the GPU tests print (errors against the CPU reference, devices, OOM answer).
 build-gpu/tests/gpu/gpu_tests --gtest_brief=1 2>&1 | grep -E "^(GPU |[0-9]+x|out-of-memory)"
 
-stamp "unit and integration tests against the CUDA build (for information)"
+stamp "unit and integration tests against the CUDA build"
 (cd build-gpu && ctest -L "unit|integration" -E interop -j 8 > "$out/other-tests.log" 2>&1)
+other_rc=$?
 grep -E "tests passed|\*\*\*Failed" "$out/other-tests.log" | head -20
 
 stamp "vbctl doctor"
@@ -54,7 +55,11 @@ build-gpu/client/vbctl doctor 2>&1 | tee "$out/doctor.txt"
 stamp "GPU benchmark"
 build-gpu/bench/gpu_bench 2>&1 | tee "$out/gpu-bench.txt"
 
+stamp "tier store benchmark (SSD files under /var/tmp)"
+mkdir -p /var/tmp/vb-tier-bench
+build-gpu/bench/tier_bench --dir /var/tmp/vb-tier-bench 2>&1 | tee "$out/tier-bench.txt"
+
 stamp "4-bit weight benchmark"
 build-gpu/bench/fp4_bench 2>&1 | tee "$out/fp4-bench.txt"
 stamp "done"
-exit $gpu_rc
+[[ $gpu_rc == 0 && $other_rc == 0 ]]

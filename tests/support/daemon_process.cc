@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -31,6 +32,14 @@ DaemonProcess::DaemonProcess(std::vector<std::string> extra_args, int port,
   // A free metrics port too, so that daemons of parallel tests never collide on 9551.
   std::vector<std::string> args = {vbd_path(),           "--host",         "127.0.0.1", "--port",
                                    std::to_string(port), "--metrics-port", "0"};
+  // Tier budgets fit for many test daemons on one machine (a GPU's device tier would
+  // otherwise take half its memory per daemon), unless the test sets its own.
+  const bool sets_store = std::any_of(extra_args.begin(), extra_args.end(), [](const auto& a) {
+    return a.rfind("--store-", 0) == 0 || a.rfind("--config", 0) == 0;
+  });
+  if (!sets_store) {
+    args.insert(args.end(), {"--store-device-bytes", "2GiB", "--store-host-bytes", "4GiB"});
+  }
   args.insert(args.end(), extra_args.begin(), extra_args.end());
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
