@@ -267,13 +267,15 @@ struct StepResult {
 };
 
 StepResult stream(int layers, int64_t rows, int64_t cols, int64_t batch, at::ScalarType dtype,
-                  int resident_layers, int steps) {
+                  int resident_layers, int steps,
+                  vb::backends::EvictionPolicy policy = vb::backends::EvictionPolicy::kNextUse,
+                  int prefetch_depth = 2) {
   const uint64_t layer_bytes = rows * cols * at::elementSize(dtype);
   TierStoreOptions options;
   options.device_bytes = resident_layers * layer_bytes;
   options.host_bytes = (layers + 1) * layer_bytes;
-  options.policy = vb::backends::EvictionPolicy::kNextUse;
-  options.prefetch_depth = 2;
+  options.policy = policy;
+  options.prefetch_depth = prefetch_depth;
   std::unique_ptr<TierStore> store =
       value_or_die(TierStore::create(options, make_memory()), "tier store");
   std::vector<std::string> digests;
@@ -335,6 +337,16 @@ void streaming(int layers, int64_t size, int64_t batch, at::ScalarType dtype, si
   std::printf(
       "   streamed / bound max(transfer, compute) = %.3f   streamed / all resident = %.3f\n",
       streamed.step_ms / bound_ms, streamed.step_ms / resident.step_ms);
+  // The policies alone (no prefetch): how many bytes each makes cross.
+  for (auto policy : {vb::backends::EvictionPolicy::kLru, vb::backends::EvictionPolicy::kNextUse}) {
+    const StepResult alone =
+        stream(layers, size, size, batch, dtype, budget_layers, steps, policy, 0);
+    const vb::backends::TierCounters& d = alone.stats.tiers[0];
+    std::printf(
+        "   no prefetch, %-8s %9.3f ms a step; %.0f MiB crossed a step; device hit rate %.3f\n",
+        vb::backends::policy_name(policy), alone.step_ms, alone.bytes_per_step / 1048576.0,
+        static_cast<double>(d.hits) / static_cast<double>(d.hits + d.misses));
+  }
 }
 
 }  // namespace
@@ -357,7 +369,12 @@ int main(int argc, char** argv) {
   if (dir.empty()) {
     std::string pattern =
         (std::filesystem::temp_directory_path() / "vb-tier-bench-XXXXXX").string();
-    temp = dir = ::mkdtemp(pattern.data());
+    const char* made = ::mkdtemp(pattern.data());
+    if (made == nullptr) {
+      std::perror(pattern.c_str());
+      return 1;
+    }
+    temp = dir = made;
   }
   at::manual_seed(0);
 #ifdef VB_WITH_CUDA

@@ -6,7 +6,9 @@
 #include <signal.h>
 #include <stdlib.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -37,8 +39,21 @@ constexpr uint64_t kLayerBytes = kWidth * kWidth * 4;  // a whole number of 4 Ki
 class TempDir {
  public:
   TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "vb-tiers-XXXXXX").string();
-    path_ = ::mkdtemp(pattern.data());
+    // $TMPDIR first, then /tmp: a TMPDIR that cannot be written to must not stop the test.
+    for (const std::filesystem::path& base : {temp_base(), std::filesystem::path("/tmp")}) {
+      std::string pattern = (base / "vb-tiers-XXXXXX").string();
+      if (const char* made = ::mkdtemp(pattern.data())) {
+        path_ = made;
+        return;
+      }
+    }
+    ADD_FAILURE() << "cannot create a temporary directory: " << std::strerror(errno);
+    path_ = "/nonexistent";
+  }
+  static std::filesystem::path temp_base() {
+    std::error_code error;
+    std::filesystem::path base = std::filesystem::temp_directory_path(error);
+    return error ? std::filesystem::path("/tmp") : base;
   }
   ~TempDir() { std::filesystem::remove_all(path_); }
   std::string tiers() const { return path_ + "/tiers"; }

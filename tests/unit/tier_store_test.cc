@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -36,8 +37,21 @@ std::string message_of(const absl::Status& status) { return std::string(status.m
 class TempDir {
  public:
   TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "vb-tiers-XXXXXX").string();
-    path_ = ::mkdtemp(pattern.data());
+    // $TMPDIR first, then /tmp: a TMPDIR that cannot be written to must not stop the test.
+    for (const std::filesystem::path& base : {temp_base(), std::filesystem::path("/tmp")}) {
+      std::string pattern = (base / "vb-tiers-XXXXXX").string();
+      if (const char* made = ::mkdtemp(pattern.data())) {
+        path_ = made;
+        return;
+      }
+    }
+    ADD_FAILURE() << "cannot create a temporary directory: " << std::strerror(errno);
+    path_ = "/nonexistent";
+  }
+  static std::filesystem::path temp_base() {
+    std::error_code error;
+    std::filesystem::path base = std::filesystem::temp_directory_path(error);
+    return error ? std::filesystem::path("/tmp") : base;
   }
   ~TempDir() { std::filesystem::remove_all(path_); }
   const std::string& path() const { return path_; }
