@@ -359,8 +359,11 @@ __global__ void __launch_bounds__(kMaxWarps * 32, 2) fused_linear_kernel(LinearP
         partial[(warp * kRows + row) * 16 + b] = acc[r][bt][i];
       }
   __syncthreads();
-  const T* bias = static_cast<const T*>(p.bias);
-  T* y = static_cast<T*>(p.y);
+  // Bias and y move as whole 16-bit words (one ld/st.global.u16 each): a 2-byte memcpy here
+  // became two single-byte accesses per element, and on the GPU the output's low byte came
+  // back as 0 (y kept only sign, exponent and the top mantissa bits).
+  const uint16_t* bias = static_cast<const uint16_t*>(p.bias);
+  uint16_t* y = static_cast<uint16_t*>(p.y);
   for (int i = threadIdx.x; i < kRows * 16; i += blockDim.x) {
     const int b = i / kRows;
     const int row = i % kRows;
@@ -369,13 +372,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, 2) fused_linear_kernel(LinearP
     float sum = 0.0f;
     for (int w = 0; w < warps; ++w) sum += partial[(w * kRows + row) * 16 + b];
     sum *= p.tensor_scale;
-    if (bias != nullptr) {
-      uint16_t bias_bits;
-      std::memcpy(&bias_bits, bias + n, 2);
-      sum += Half<T>::to_float(bias_bits);
-    }
-    const uint16_t out = static_cast<uint16_t>(Half<T>::bits(sum));
-    std::memcpy(y + b * p.n + n, &out, 2);
+    if (bias != nullptr) sum += Half<T>::to_float(bias[n]);
+    y[b * p.n + n] = static_cast<uint16_t>(Half<T>::bits(sum));
   }
 }
 
