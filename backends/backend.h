@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "backends/ops.h"
 #include "backends/tier_memory.h"
 
 namespace vb::backends {
@@ -78,6 +79,9 @@ class Backend {
   // check of check_linear_forward / check_linear_backward is applied to the tensors first.
   virtual absl::StatusOr<at::Tensor> linear_forward(const LinearForwardArgs& args) = 0;
   virtual absl::StatusOr<LinearGrads> linear_backward(const LinearBackwardArgs& args) = 0;
+  // A named op (backends/ops.h): host tensors in, contiguous host tensors out; weight blobs
+  // arrive on tier_device().
+  virtual absl::StatusOr<NamedTensors> run_op(const OpArgs& args) = 0;
 };
 
 }  // namespace vb::backends

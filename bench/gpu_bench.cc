@@ -14,6 +14,7 @@
 #include <functional>
 #include <vector>
 
+#include "backends/attention_op.h"
 #include "backends/cuda/copy_engine.h"
 #include "backends/cuda/cuda_backend.h"
 #include "bench/timing.h"
@@ -208,6 +209,63 @@ void end_to_end() {
   }
 }
 
+void attention_in_backend() {
+  auto backend = vb::backends::cuda::create_cuda_backend({});
+  check(backend.status(), "cuda backend");
+  std::printf(
+      "\n4. attention in the CUDA backend (RunOp, %s) vs LibTorch's scaled_dot_product_attention\n"
+      "   in this process, bf16, host in/out; median ms (ratio = LibTorch / backend, goal >= "
+      "0.95)\n",
+      vb::backends::attention_implementation());
+  std::printf("   %-26s %-9s %10s %10s %8s\n", "q,k,v [B,H,L,E]", "pass", "LibTorch", "backend",
+              "ratio");
+  const auto pinned = torch::TensorOptions().dtype(torch::kBFloat16).pinned_memory(true);
+  for (bool causal : {false, true}) {
+    const int64_t b = 4, h = 16, l = 2048, e = 64;
+    auto make = [&] { return torch::randn({b, h, l, e}).to(torch::kBFloat16).pin_memory(); };
+    const at::Tensor q = make(), k = make(), v = make(), g = make();
+    vb::backends::OpArgs fwd;
+    fwd.op = "attention.forward";
+    fwd.inputs = {{"query", q}, {"key", k}, {"value", v}};
+    fwd.attributes = {{"is_causal", causal ? 1.0 : 0.0}};
+    vb::backends::OpArgs bwd = fwd;
+    bwd.op = "attention.backward";
+    bwd.inputs.push_back({"grad_output", g});
+    const auto [torch_f, ours_f] = paired_median_ms(
+        20,
+        [&] {
+          const at::Tensor out =
+              at::scaled_dot_product_attention(q.to(torch::kCUDA, true), k.to(torch::kCUDA, true),
+                                               v.to(torch::kCUDA, true), {}, 0.0, causal);
+          at::Tensor host = at::empty(out.sizes(), pinned);
+          host.copy_(out);
+        },
+        [&] { check((*backend)->run_op(fwd).status(), "attention forward"); });
+    const auto [torch_b, ours_b] = paired_median_ms(
+        20,
+        [&] {
+          const at::Tensor qd = q.to(torch::kCUDA, true).requires_grad_(true);
+          const at::Tensor kd = k.to(torch::kCUDA, true).requires_grad_(true);
+          const at::Tensor vd = v.to(torch::kCUDA, true).requires_grad_(true);
+          const at::Tensor out = at::scaled_dot_product_attention(qd, kd, vd, {}, 0.0, causal);
+          const auto grads = torch::autograd::grad({out}, {qd, kd, vd}, {g.to(torch::kCUDA, true)});
+          for (const at::Tensor& grad : grads) {
+            at::Tensor host = at::empty(grad.sizes(), pinned);
+            host.copy_(grad);
+          }
+        },
+        [&] { check((*backend)->run_op(bwd).status(), "attention backward"); });
+    char label[64];
+    std::snprintf(label, sizeof(label), "[%ld,%ld,%ld,%ld]%s", static_cast<long>(b),
+                  static_cast<long>(h), static_cast<long>(l), static_cast<long>(e),
+                  causal ? " causal" : "");
+    std::printf("   %-26s %-9s %10.3f %10.3f %8.3f\n", label, "forward", torch_f, ours_f,
+                torch_f / ours_f);
+    std::printf("   %-26s %-9s %10.3f %10.3f %8.3f\n", label, "backward", torch_b, ours_b,
+                torch_b / ours_b);
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -218,5 +276,6 @@ int main() {
   copy_bandwidth();
   compute_in_backend();
   end_to_end();
+  attention_in_backend();
   return 0;
 }

@@ -7,6 +7,7 @@
 #include <grpcpp/support/channel_arguments.h>
 #include <algorithm>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -39,10 +40,13 @@ void write_chunks(Stream* stream, const std::vector<at::Tensor>& tensors, size_t
 }
 
 // Reads a TensorsResponse stream into tensors, insisting on exactly the outputs expected.
+// An expected output without a spec may have any (an op's outputs are shaped by its inputs).
+using ExpectedOutputs = std::vector<std::pair<std::string, std::optional<TensorSpec>>>;
+
 template <typename Stream>
-absl::StatusOr<std::vector<at::Tensor>> read_outputs(
-    Stream* stream, const std::vector<std::pair<std::string, TensorSpec>>& expected,
-    TransferCount* transfer) {
+absl::StatusOr<std::vector<at::Tensor>> read_outputs(Stream* stream,
+                                                     const ExpectedOutputs& expected,
+                                                     TransferCount* transfer) {
   v1::TensorsResponse message;
   if (!stream->Read(&message)) {
     return wire::from_grpc(stream->Finish());
@@ -61,10 +65,11 @@ absl::StatusOr<std::vector<at::Tensor>> read_outputs(
   for (int i = 0; i < header.tensors_size(); ++i) {
     const v1::NamedTensorSpec& named = header.tensors(i);
     VB_ASSIGN_OR_RETURN(TensorSpec spec, wire::spec_from_proto(named.spec(), named.name()));
-    if (named.name() != expected[i].first || spec != expected[i].second) {
-      return protocol_error(absl::StrCat("output ", i, " is ", named.name(), " ", spec.to_string(),
-                                         ", expected ", expected[i].first, " ",
-                                         expected[i].second.to_string()));
+    if (named.name() != expected[i].first || (expected[i].second && spec != *expected[i].second)) {
+      return protocol_error(
+          absl::StrCat("output ", i, " is ", named.name(), " ", spec.to_string(), ", expected ",
+                       expected[i].first, " ",
+                       expected[i].second ? expected[i].second->to_string() : "of any shape"));
     }
     names.push_back(named.name());
     specs.push_back(spec);
@@ -87,10 +92,11 @@ absl::StatusOr<std::vector<at::Tensor>> read_outputs(
 // One compute call on an open stream: the header, the inline tensors as chunks, then the
 // outputs, which must be exactly `expected`.
 template <typename Request, typename Stream>
-absl::StatusOr<std::vector<at::Tensor>> exchange(
-    Stream* stream, const Request& header, const std::vector<at::Tensor>& inline_tensors,
-    size_t chunk_bytes, const std::vector<std::pair<std::string, TensorSpec>>& expected,
-    TransferCount* transfer) {
+absl::StatusOr<std::vector<at::Tensor>> exchange(Stream* stream, const Request& header,
+                                                 const std::vector<at::Tensor>& inline_tensors,
+                                                 size_t chunk_bytes,
+                                                 const ExpectedOutputs& expected,
+                                                 TransferCount* transfer) {
   if (stream->Write(header)) {
     write_chunks<Request>(stream, inline_tensors, chunk_bytes, transfer);
   } else {
@@ -267,6 +273,47 @@ absl::StatusOr<std::vector<bool>> DaemonClient::query_weights(
   return std::vector<bool>(response.present().begin(), response.present().end());
 }
 
+absl::StatusOr<backends::NamedTensors> DaemonClient::run_op(const backends::OpArgs& args,
+                                                            const std::vector<WeightRef>& weights,
+                                                            TransferCount* transfer) {
+  v1::OpRequest message;
+  v1::OpHeader* header = message.mutable_header();
+  header->set_op(args.op);
+  std::vector<at::Tensor> inline_tensors;
+  for (const backends::NamedTensor& input : args.inputs) {
+    VB_ASSIGN_OR_RETURN(TensorSpec spec, backends::spec_of(input.tensor, input.name));
+    v1::NamedTensorSpec* named = header->add_inputs();
+    named->set_name(input.name);
+    wire::spec_to_proto(spec, named->mutable_spec());
+    inline_tensors.push_back(input.tensor.to(at::kCPU).contiguous());
+  }
+  for (const WeightRef& weight : weights) {
+    v1::BlobRef* blob = header->add_weights();
+    blob->set_digest(weight.digest);
+    blob->set_byte_size(
+        static_cast<uint64_t>(weight.tensor.numel() * weight.tensor.element_size()));
+  }
+  header->mutable_attributes()->insert(args.attributes.begin(), args.attributes.end());
+  if (args.device_index >= 0) header->set_device_index(args.device_index);
+  ExpectedOutputs expected;
+  for (const std::string& name : backends::op_output_names(args.op)) {
+    expected.emplace_back(name, std::nullopt);
+  }
+  if (expected.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("op = \"", args.op, "\": not an op libvb knows"));
+  }
+  auto context = new_context();
+  const std::shared_ptr<Connection> connection = this->connection();
+  auto stream = connection->stub->RunOp(context.get());
+  VB_ASSIGN_OR_RETURN(
+      std::vector<at::Tensor> outputs,
+      exchange(stream.get(), message, inline_tensors, options_.chunk_bytes, expected, transfer));
+  backends::NamedTensors named;
+  for (size_t i = 0; i < outputs.size(); ++i) named.push_back({expected[i].first, outputs[i]});
+  return named;
+}
+
 absl::StatusOr<at::Tensor> DaemonClient::linear_forward(const at::Tensor& input,
                                                         const WeightRef& weight,
                                                         const at::Tensor& bias,
@@ -324,7 +371,7 @@ absl::StatusOr<backends::LinearGrads> DaemonClient::linear_backward(
     wire::spec_to_proto(*specs.input, header->mutable_input());
     inline_tensors.push_back(input.contiguous());
   }
-  std::vector<std::pair<std::string, TensorSpec>> expected;
+  ExpectedOutputs expected;
   if (grad_specs.grad_input) expected.emplace_back("grad_input", *grad_specs.grad_input);
   if (grad_specs.grad_weight) expected.emplace_back("grad_weight", *grad_specs.grad_weight);
   if (grad_specs.grad_bias) expected.emplace_back("grad_bias", *grad_specs.grad_bias);

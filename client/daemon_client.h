@@ -54,6 +54,11 @@ class DaemonClient {
   // brings them up to the device ahead of use. Returns how many it holds.
   absl::StatusOr<uint32_t> prefetch_weights(const std::vector<std::string>& digests);
 
+  // A named op (backends/ops.h) with `args.inputs` inline and `weights` held by the daemon.
+  absl::StatusOr<backends::NamedTensors> run_op(const backends::OpArgs& args,
+                                                const std::vector<WeightRef>& weights,
+                                                TransferCount* transfer);
+
   absl::StatusOr<at::Tensor> linear_forward(const at::Tensor& input, const WeightRef& weight,
                                             const at::Tensor& bias, TransferCount* transfer);
   absl::StatusOr<backends::LinearGrads> linear_backward(

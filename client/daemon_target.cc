@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 
 namespace vb {
@@ -95,6 +96,17 @@ absl::StatusOr<backends::LinearGrads> DaemonTarget::linear_backward(const Linear
     return client_.linear_backward(call.grad_output, call.input, call.weight, call.need_grad_input,
                                    call.need_grad_weight, call.need_grad_bias, transfer);
   });
+}
+
+absl::StatusOr<backends::NamedTensors> DaemonTarget::run_op(const OpCall& call,
+                                                            TransferCount* transfer) {
+  if (call.weights.empty()) return client_.run_op(call.args, {}, transfer);
+  if (call.weights.size() > 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(call.args.op, ": ", call.weights.size(), " weights; ops take at most one"));
+  }
+  return with_weight<backends::NamedTensors>(
+      call.weights[0], transfer, [&] { return client_.run_op(call.args, call.weights, transfer); });
 }
 
 }  // namespace vb

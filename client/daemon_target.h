@@ -21,6 +21,8 @@ class DaemonTarget final : public Target {
                                             TransferCount* transfer) override;
   absl::StatusOr<backends::LinearGrads> linear_backward(const LinearBackwardCall& call,
                                                         TransferCount* transfer) override;
+  absl::StatusOr<backends::NamedTensors> run_op(const OpCall& call,
+                                                TransferCount* transfer) override;
 
   DaemonClient& client() { return client_; }
 

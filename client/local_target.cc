@@ -32,4 +32,10 @@ absl::StatusOr<backends::LinearGrads> LocalTarget::linear_backward(const LinearB
   return cpu().linear_backward(args);
 }
 
+absl::StatusOr<backends::NamedTensors> LocalTarget::run_op(const OpCall& call, TransferCount*) {
+  backends::OpArgs args = call.args;
+  for (const WeightRef& weight : call.weights) args.weights.push_back(weight.tensor);
+  return cpu().run_op(args);
+}
+
 }  // namespace vb

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "client/fp4_linear.h"
 #include "client/remote_linear.h"
 
 namespace vb {
@@ -42,8 +43,9 @@ bool swappable(const Site& site) {
   return is_container(*site.parent) || site.linear.use_count() <= 2;
 }
 
+template <typename Layer>
 void replace_in_container(torch::nn::Module& parent, const std::string& name,
-                          const std::shared_ptr<nn::RemoteLinearImpl>& remote) {
+                          const std::shared_ptr<Layer>& remote) {
   const size_t index = std::stoul(name);
   if (auto* sequential = dynamic_cast<torch::nn::SequentialImpl*>(&parent)) {
     *(sequential->begin() + static_cast<std::ptrdiff_t>(index)) = torch::nn::AnyModule(remote);
@@ -52,10 +54,9 @@ void replace_in_container(torch::nn::Module& parent, const std::string& name,
   }
 }
 
-}  // namespace
-
-PatchReport patch_model(torch::nn::Module& module, std::shared_ptr<Router> router) {
-  TORCH_CHECK_VALUE(router != nullptr, "patch_model: router is null");
+// Swaps every Linear for make(linear): all or nothing.
+template <typename Make>
+PatchReport patch_with(torch::nn::Module& module, const char* layer_name, Make&& make) {
   std::vector<Site> sites;
   find_linears(module, "", &sites);
 
@@ -68,17 +69,41 @@ PatchReport patch_model(torch::nn::Module& module, std::shared_ptr<Router> route
       unreachable.empty(), "patch_model: cannot swap Linear layer(s) ",
       absl::StrJoin(unreachable, ", "),
       ": they are held outside a Sequential or ModuleList (e.g. as a torch::nn::Linear member), "
-      "so the parent's forward() would keep calling the local layer. Build those layers as "
-      "vb::nn::RemoteLinear, or hold them in a Sequential/ModuleList.");
+      "so the parent's forward() would keep calling the local layer. Build those layers as ",
+      layer_name, ", or hold them in a Sequential/ModuleList.");
 
   PatchReport report;
   for (Site& site : sites) {
-    auto remote = std::make_shared<nn::RemoteLinearImpl>(*site.linear, router);
+    auto remote = make(*site.linear);
     replace_in_container(*site.parent, site.name, remote);
     site.parent->replace_module(site.name, remote);
     report.replaced.push_back(site.path);
   }
   return report;
+}
+
+}  // namespace
+
+PatchReport patch_model(torch::nn::Module& module, std::shared_ptr<Router> router) {
+  TORCH_CHECK_VALUE(router != nullptr, "patch_model: router is null");
+  return patch_with(module, "vb::nn::RemoteLinear", [&](const torch::nn::LinearImpl& linear) {
+    return std::make_shared<nn::RemoteLinearImpl>(linear, router);
+  });
+}
+
+PatchReport patch_model_fp4(torch::nn::Module& module, backends::fp4::Format format,
+                            std::shared_ptr<Router> router) {
+  TORCH_CHECK_VALUE(router != nullptr, "patch_model_fp4: router is null");
+  // Quantize every layer first: a weight the format refuses (k not a multiple of its block)
+  // stops the patch before any layer changed.
+  std::vector<Site> sites;
+  find_linears(module, "", &sites);
+  for (const Site& site : sites) {
+    nn::FP4LinearImpl::check_quantizable(*site.linear, format, site.path);
+  }
+  return patch_with(module, "vb::nn::FP4Linear", [&](const torch::nn::LinearImpl& linear) {
+    return std::make_shared<nn::FP4LinearImpl>(linear, format, router);
+  });
 }
 
 }  // namespace vb

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "backends/fp4/fp4.h"
 #include "client/router.h"
 
 namespace vb {
@@ -28,5 +29,13 @@ struct PatchReport {
 
 PatchReport patch_model(torch::nn::Module& module,
                         std::shared_ptr<Router> router = Router::default_router());
+
+// For inference: every Linear becomes a vb::nn::FP4Linear holding its weight quantized to
+// `format` (and its bias). Same rules as patch_model; a weight the format cannot take (its
+// in_features not a multiple of the block) is refused, naming the layer, before any change.
+//
+//   vb::patch_model_fp4(*model, vb::backends::fp4::Format::kNvfp4, router);
+PatchReport patch_model_fp4(torch::nn::Module& module, backends::fp4::Format format,
+                            std::shared_ptr<Router> router = Router::default_router());
 
 }  // namespace vb

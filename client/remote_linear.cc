@@ -6,25 +6,13 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "client/layer_util.h"
 
 namespace vb::nn {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-struct StateCapsule : torch::CustomClassHolder {
-  explicit StateCapsule(std::shared_ptr<detail::RemoteLinearState> s) : state(std::move(s)) {}
-  std::shared_ptr<detail::RemoteLinearState> state;
-};
-
-// Raises a failed call the way LibTorch raises its own errors.
-void raise_if_error(const absl::Status& status, const char* what) {
-  if (status.ok()) return;
-  const std::string message = absl::StrCat(what, ": ", status.ToString());
-  if (absl::IsInvalidArgument(status)) TORCH_CHECK_VALUE(false, message);
-  TORCH_CHECK(false, message);
-}
 
 class RemoteLinearFunction : public torch::autograd::Function<RemoteLinearFunction> {
  public:
@@ -43,14 +31,13 @@ class RemoteLinearFunction : public torch::autograd::Function<RemoteLinearFuncti
     // The weight cannot change before backward (autograd checks its version), so the digest
     // taken here is reused there.
     ctx->saved_data["weight_digest"] = call.weight.digest;
-    ctx->saved_data["state"] = c10::IValue::make_capsule(c10::make_intrusive<StateCapsule>(state));
+    ctx->saved_data["state"] = capsule(state);
     return *output;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const variable_list saved = ctx->get_saved_variables();
-    auto capsule = ctx->saved_data["state"].toCapsule();
-    const auto& state = static_cast<StateCapsule*>(capsule.get())->state;
+    const auto state = from_capsule<detail::RemoteLinearState>(ctx->saved_data["state"]);
     LinearBackwardCall call;
     call.grad_output = grad_outputs[0].contiguous();
     call.input = saved[0];
@@ -111,9 +98,9 @@ void RemoteLinearImpl::pretty_print(std::ostream& stream) const {
 
 StatsSnapshot collect_stats(const torch::nn::Module& module) {
   StatsSnapshot total;
-  if (auto* self = dynamic_cast<const RemoteLinearImpl*>(&module)) total.merge(self->get_stats());
+  if (auto* self = dynamic_cast<const StatsSource*>(&module)) total.merge(self->get_stats());
   for (const auto& child : module.modules(/*include_self=*/false)) {
-    if (auto* layer = dynamic_cast<const RemoteLinearImpl*>(child.get())) {
+    if (auto* layer = dynamic_cast<const StatsSource*>(child.get())) {
       total.merge(layer->get_stats());
     }
   }

@@ -37,7 +37,7 @@ struct RemoteLinearState {
 };
 }  // namespace detail
 
-class RemoteLinearImpl : public torch::nn::Module {
+class RemoteLinearImpl : public torch::nn::Module, public StatsSource {
  public:
   explicit RemoteLinearImpl(RemoteLinearOptions options,
                             std::shared_ptr<Router> router = Router::default_router());
@@ -47,7 +47,7 @@ class RemoteLinearImpl : public torch::nn::Module {
 
   torch::Tensor forward(const torch::Tensor& input);
 
-  StatsSnapshot get_stats() const { return state_->stats.snapshot(); }
+  StatsSnapshot get_stats() const override { return state_->stats.snapshot(); }
   void reset_stats() { state_->stats.reset(); }
   const std::shared_ptr<Router>& router() const { return state_->router; }
   uint64_t weight_digests_computed() const { return state_->weight_digest.digests_computed(); }
@@ -64,7 +64,7 @@ class RemoteLinearImpl : public torch::nn::Module {
 
 TORCH_MODULE(RemoteLinear);
 
-// The statistics of every RemoteLinear in `module`'s tree (itself included), summed.
+// The statistics of every libvb layer in `module`'s tree (itself included), summed.
 StatsSnapshot collect_stats(const torch::nn::Module& module);
 
 }  // namespace vb::nn

@@ -85,6 +85,12 @@ absl::StatusOr<T> Router::route(
     TransferCount transfer;
     const auto started = std::chrono::steady_clock::now();
     result = run(target, &transfer);
+    if (absl::IsUnimplemented(result.status())) {
+      // Not this target's kind of call (an op a cloud service has no route for): no failure.
+      failures.push_back(absl::StrCat(target.name(), ": ", result.status().message()));
+      earlier_target_missed = true;
+      continue;
+    }
     const double latency_us =
         std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - started)
             .count();
@@ -104,7 +110,8 @@ absl::StatusOr<T> Router::route(
     failures.push_back(absl::StrCat(target.name(), ": ", result.status().ToString()));
     earlier_target_missed = true;
   }
-  if (!result.ok() && is_fallback_status(result.status())) {
+  if (!result.ok() &&
+      (is_fallback_status(result.status()) || absl::IsUnimplemented(result.status()))) {
     result = absl::UnavailableError(
         absl::StrCat("every target failed: ", absl::StrJoin(failures, "; ")));
   }
@@ -124,6 +131,12 @@ absl::StatusOr<backends::LinearGrads> Router::linear_backward(const LinearBackwa
                                                               CallStats* stats) {
   return route<backends::LinearGrads>(stats, [&](Target& target, TransferCount* transfer) {
     return target.linear_backward(call, transfer);
+  });
+}
+
+absl::StatusOr<backends::NamedTensors> Router::run_op(const OpCall& call, CallStats* stats) {
+  return route<backends::NamedTensors>(stats, [&](Target& target, TransferCount* transfer) {
+    return target.run_op(call, transfer);
   });
 }
 

@@ -37,6 +37,8 @@ class Router {
   absl::StatusOr<backends::LinearGrads> linear_backward(const LinearBackwardCall& call,
                                                         CallStats* stats);
 
+  absl::StatusOr<backends::NamedTensors> run_op(const OpCall& call, CallStats* stats);
+
   const std::vector<std::shared_ptr<Target>>& targets() const { return targets_; }
   CircuitBreaker::State breaker_state(size_t target) const { return breakers_[target]->state(); }
   // Every call through this router, whichever layer made it.

@@ -54,6 +54,13 @@ struct StatsSnapshot {
   std::string to_json() const;
 };
 
+// A layer that keeps call statistics (every libvb layer); nn::collect_stats sums them.
+class StatsSource {
+ public:
+  virtual ~StatsSource() = default;
+  virtual StatsSnapshot get_stats() const = 0;
+};
+
 // The live counters behind a snapshot; safe to update from several threads.
 class CallStats {
  public:

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "backends/backend.h"
 #include "client/daemon_client.h"
 #include "client/stats.h"
@@ -26,6 +27,13 @@ struct LinearBackwardCall {
   bool need_grad_bias = true;
 };
 
+// A named op (backends/ops.h): `args` carries the inputs and attributes; `weights` the blobs
+// it names (a 4-bit packed weight), uploaded to a daemon under their digests.
+struct OpCall {
+  backends::OpArgs args;
+  std::vector<WeightRef> weights;
+};
+
 class Target {
  public:
   virtual ~Target() = default;
@@ -37,6 +45,13 @@ class Target {
                                                     TransferCount* transfer) = 0;
   virtual absl::StatusOr<backends::LinearGrads> linear_backward(const LinearBackwardCall& call,
                                                                 TransferCount* transfer) = 0;
+  // UNIMPLEMENTED where the target has no such op (the router then tries the next one
+  // without counting it a failure).
+  virtual absl::StatusOr<backends::NamedTensors> run_op(const OpCall& call,
+                                                        TransferCount* transfer) {
+    (void)transfer;
+    return absl::UnimplementedError(absl::StrCat(name(), " does not run ", call.args.op));
+  }
 };
 
 // Runs calls in this process through the same CPU backend the daemon uses.
@@ -48,6 +63,8 @@ class LocalTarget final : public Target {
                                             TransferCount* transfer) override;
   absl::StatusOr<backends::LinearGrads> linear_backward(const LinearBackwardCall& call,
                                                         TransferCount* transfer) override;
+  absl::StatusOr<backends::NamedTensors> run_op(const OpCall& call,
+                                                TransferCount* transfer) override;
 
  private:
   std::string name_ = "local";

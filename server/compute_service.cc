@@ -154,6 +154,44 @@ size_t ComputeService::prefetch(const std::vector<std::string>& digests) {
   return held;
 }
 
+absl::Status ComputeService::check_blob(const std::string& digest, uint64_t byte_size,
+                                        absl::string_view field) const {
+  VB_RETURN_IF_ERROR(check_digest_format(digest, absl::StrCat(field, ".digest")));
+  const std::optional<uint64_t> stored = store_->size_of(digest);
+  if (!stored) {
+    return absl::NotFoundError(
+        absl::StrCat(field, ".digest = ", digest, ": this daemon does not hold it; upload it"));
+  }
+  if (*stored != byte_size) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ".byte_size = ", byte_size, " but ",
+                                                   field, ".digest names ", *stored, " bytes"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<backends::NamedTensors> ComputeService::run_op(
+    backends::OpArgs args, const std::vector<std::string>& weights, ComputeTiming* timing) {
+  return run_queued<backends::NamedTensors>(
+      [&]() -> absl::StatusOr<backends::NamedTensors> {
+        for (const std::string& digest : weights) {
+          VB_ASSIGN_OR_RETURN(std::shared_ptr<backends::TierStore::Lease> lease,
+                              store_->acquire(digest));
+          try {
+            args.weights.push_back(at::from_blob(
+                const_cast<void*>(lease->data()), {static_cast<int64_t>(lease->size())},
+                [lease](void*) {},
+                at::TensorOptions().dtype(at::kByte).device(backend_->tier_device())));
+          } catch (...) {
+            return backends::status_from_exception("viewing a weight", std::current_exception());
+          }
+        }
+        absl::StatusOr<backends::NamedTensors> outputs = backend_->run_op(args);
+        args.weights.clear();  // unpins the blobs before the answer travels
+        return outputs;
+      },
+      timing);
+}
+
 absl::StatusOr<at::Tensor> ComputeService::acquire_weight(const std::string& digest,
                                                           const TensorSpec& spec) {
   VB_ASSIGN_OR_RETURN(std::shared_ptr<backends::TierStore::Lease> lease, store_->acquire(digest));

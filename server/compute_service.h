@@ -100,6 +100,15 @@ class ComputeService {
                                                         const TensorSpec& weight_spec,
                                                         ComputeTiming* timing);
 
+  // A named op (backends/ops.h); `weights` name blobs the daemon holds, made resident on
+  // the device by the worker that runs the call.
+  absl::StatusOr<backends::NamedTensors> run_op(backends::OpArgs args,
+                                                const std::vector<std::string>& weights,
+                                                ComputeTiming* timing);
+  // NOT_FOUND for an unknown digest, INVALID_ARGUMENT when it holds another byte count.
+  absl::Status check_blob(const std::string& digest, uint64_t byte_size,
+                          absl::string_view field) const;
+
   OpStats& op_stats() { return op_stats_; }
   WorkQueue::Stats queue_stats() const { return queue_.stats(); }
   backends::TierStoreStats store_stats() const { return store_->stats(); }

@@ -370,6 +370,67 @@ grpc::Status GrpcComputeService::LinearBackward(
   return scope.finish(status);
 }
 
+grpc::Status GrpcComputeService::RunOp(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<v1::TensorsResponse, v1::OpRequest>* stream) {
+  CallScope scope(service_, &inflight_, draining_, tokens_, *context, "RunOp");
+  if (!scope.refusal().ok()) return scope.finish(scope.refusal());
+  ComputeTiming timing;
+  auto handle = [&]() -> absl::Status {
+    v1::OpRequest message;
+    if (!stream->Read(&message) || !message.has_header()) {
+      return absl::InvalidArgumentError("the first message of RunOp must be a header");
+    }
+    const v1::OpHeader& header = message.header();
+    backends::OpArgs args;
+    args.op = header.op();
+    args.attributes.insert(header.attributes().begin(), header.attributes().end());
+    args.device_index = header.has_device_index() ? header.device_index() : -1;
+    std::vector<std::string> names;
+    std::vector<TensorSpec> inline_specs;
+    for (int i = 0; i < header.inputs_size(); ++i) {
+      const v1::NamedTensorSpec& input = header.inputs(i);
+      VB_ASSIGN_OR_RETURN(TensorSpec spec, wire::spec_from_proto(input.spec(), input.name()));
+      names.push_back(input.name());
+      inline_specs.push_back(std::move(spec));
+    }
+    // Everything that can be refused from the header is refused before any bytes move.
+    VB_RETURN_IF_ERROR(
+        backends::check_op_header(args.op, names, header.weights_size(), args.attributes));
+    VB_RETURN_IF_ERROR(service_->check_request_bytes(spec_bytes(inline_specs), "RunOp"));
+    VB_RETURN_IF_ERROR(service_->check_placement({args.device_index, ""}));
+    std::vector<std::string> weights;
+    for (int i = 0; i < header.weights_size(); ++i) {
+      const v1::BlobRef& blob = header.weights(i);
+      VB_RETURN_IF_ERROR(
+          service_->check_blob(blob.digest(), blob.byte_size(), absl::StrCat("weights[", i, "]")));
+      weights.push_back(blob.digest());
+    }
+    wire::TensorAssembler assembler(names, inline_specs, service_->host_tensor_options());
+    absl::Status received = read_chunks<v1::OpRequest>(stream, &assembler);
+    scope.record.bytes_in = assembler.bytes_received();
+    VB_RETURN_IF_ERROR(received);
+    for (size_t i = 0; i < names.size(); ++i) {
+      args.inputs.push_back({names[i], assembler.tensors()[i]});
+    }
+    VB_ASSIGN_OR_RETURN(backends::NamedTensors outputs,
+                        service_->run_op(std::move(args), weights, &timing));
+    std::vector<std::string> out_names;
+    std::vector<at::Tensor> out_tensors;
+    for (backends::NamedTensor& t : outputs) {
+      out_names.push_back(t.name);
+      out_tensors.push_back(std::move(t.tensor));
+    }
+    VB_ASSIGN_OR_RETURN(scope.record.bytes_out,
+                        write_tensors(stream, out_names, out_tensors, timing));
+    return absl::OkStatus();
+  };
+  absl::Status status = handle();
+  scope.record.queue_us = timing.queue_us;
+  scope.record.compute_us = timing.compute_us;
+  return scope.finish(status);
+}
+
 grpc::Status GrpcComputeService::GetStats(grpc::ServerContext* context, const v1::GetStatsRequest*,
                                           v1::GetStatsResponse* response) {
   CallScope scope(service_, &inflight_, draining_, tokens_, *context, "GetStats");

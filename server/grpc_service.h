@@ -32,6 +32,8 @@ class GrpcComputeService final : public v1::Compute::Service {
   grpc::Status LinearBackward(
       grpc::ServerContext* context,
       grpc::ServerReaderWriter<v1::TensorsResponse, v1::LinearBackwardRequest>* stream) override;
+  grpc::Status RunOp(grpc::ServerContext* context,
+                     grpc::ServerReaderWriter<v1::TensorsResponse, v1::OpRequest>* stream) override;
   grpc::Status GetStats(grpc::ServerContext* context, const v1::GetStatsRequest* request,
                         v1::GetStatsResponse* response) override;
 

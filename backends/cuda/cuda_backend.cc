@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "backends/cuda/copy_engine.h"
 #include "backends/cuda/cuda_tier_memory.h"
+#include "backends/cuda/fp4_kernels.h"
 #include "backends/linear_op.h"
 #include "backends/tensor_util.h"
 #include "common/log.h"
@@ -171,8 +172,90 @@ class CudaBackend final : public Backend {
     }
   }
 
+  absl::StatusOr<NamedTensors> run_op(const OpArgs& args) override {
+    std::vector<std::string> names;
+    for (const NamedTensor& t : args.inputs) names.push_back(t.name);
+    VB_RETURN_IF_ERROR(check_op_header(args.op, names, args.weights.size(), args.attributes));
+    VB_RETURN_IF_ERROR(check_placement({args.device_index, ""}));
+    Device& device = pick(args.device_index);
+    InflightGuard busy(device);
+    try {
+      c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device.index));
+      const c10::cuda::CUDAStream stream = stream_for(device);
+      c10::cuda::CUDAStreamGuard stream_guard(stream);
+      OpArgs on_device = args;
+      for (NamedTensor& t : on_device.inputs) {
+        VB_ASSIGN_OR_RETURN(t.tensor, to_device(device, t.tensor, stream));
+      }
+      for (at::Tensor& w : on_device.weights) w = weight_on(device, w);
+      NamedTensors outputs;
+      if (args.op == "fp4_linear.forward") {
+        VB_ASSIGN_OR_RETURN(outputs, fp4_linear(on_device, stream));
+      } else {
+        VB_ASSIGN_OR_RETURN(outputs, backends::run_op(on_device));
+      }
+      for (NamedTensor& t : outputs) {
+        VB_ASSIGN_OR_RETURN(t.tensor, to_host(device, t.tensor, stream));
+      }
+      return outputs;
+    } catch (...) {
+      return recover(args.op.c_str(), std::current_exception());
+    }
+  }
+
  private:
   CudaBackend() = default;
+
+  // y = x W^T (+ bias) from a 4-bit blob resident on the device: the fused kernel reads the
+  // packed weight directly for up to kFusedMaxBatch rows; above that the weight is expanded
+  // to bf16 once per call and multiplied by cuBLAS (through LibTorch), which wins there.
+  static absl::StatusOr<NamedTensors> fp4_linear(const OpArgs& args,
+                                                 const c10::cuda::CUDAStream& stream) {
+    const at::Tensor& blob = args.weights.at(0);
+    const at::Tensor input = find_input(args.inputs, "input");
+    const at::Tensor bias = find_input(args.inputs, "bias");
+    char header_bytes[backends::fp4::kBlobHeaderBytes];
+    if (blob.numel() < backends::fp4::kBlobHeaderBytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("fp4 blob of ", blob.numel(), " bytes: shorter than its header"));
+    }
+    VB_RETURN_IF_ERROR(
+        cuda_status(cudaMemcpyAsync(header_bytes, blob.data_ptr(), sizeof(header_bytes),
+                                    cudaMemcpyDeviceToHost, stream.stream()),
+                    "reading an fp4 blob header"));
+    VB_RETURN_IF_ERROR(cuda_status(cudaStreamSynchronize(stream.stream()), "fp4 blob header"));
+    VB_ASSIGN_OR_RETURN(
+        const backends::fp4::BlobHeader header,
+        backends::fp4::parse_blob_header(absl::string_view(header_bytes, sizeof(header_bytes)),
+                                         static_cast<uint64_t>(blob.numel())));
+    VB_RETURN_IF_ERROR(check_fp4_linear(header, input, bias));
+    const at::ScalarType type = input.scalar_type();
+    const auto* base = static_cast<const uint8_t*>(blob.data_ptr());
+    fp4::DeviceWeightView view;
+    view.format = header.format;
+    view.n = header.n;
+    view.k = header.k;
+    view.codes = base + header.codes_offset;
+    view.scales = base + header.scales_offset;
+    view.tensor_scale = header.tensor_scale;
+    const at::Tensor x = input.reshape({-1, header.k}).contiguous();
+    const int64_t rows = x.size(0);
+    std::vector<int64_t> out_shape(input.sizes().begin(), input.sizes().end());
+    out_shape.back() = header.n;
+    if ((type == at::kBFloat16 || type == at::kHalf) && rows <= fp4::kFusedMaxBatch) {
+      at::Tensor y = at::empty({rows, header.n}, x.options());
+      VB_RETURN_IF_ERROR(fp4::fp4_linear(
+          view, x.data_ptr(), rows,
+          type == at::kBFloat16 ? fp4::Activation::kBf16 : fp4::Activation::kFp16,
+          bias.defined() ? bias.contiguous().data_ptr() : nullptr, y.data_ptr(), stream.stream()));
+      return NamedTensors{{"output", y.reshape(out_shape)}};
+    }
+    at::Tensor w = at::empty({header.n, header.k}, x.options().dtype(at::kBFloat16));
+    VB_RETURN_IF_ERROR(
+        fp4::dequantize_to_bf16(view, static_cast<uint16_t*>(w.data_ptr()), stream.stream()));
+    at::Tensor y = at::linear(x, w.to(type), bias.defined() ? bias : at::Tensor());
+    return NamedTensors{{"output", y.reshape(out_shape).contiguous()}};
+  }
 
   // Each worker thread keeps one stream per device. LibTorch's caching allocator keeps freed
   // blocks per stream, so a stream that changed every call (as drawing from the pool does)

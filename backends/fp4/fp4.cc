@@ -351,13 +351,13 @@ std::string serialize(const PackedWeight& weight) {
   return out;
 }
 
-absl::StatusOr<PackedWeight> deserialize(absl::string_view blob) {
-  if (blob.size() < static_cast<size_t>(kBlobHeaderBytes)) {
-    return absl::InvalidArgumentError(absl::StrCat("fp4 blob: ", blob.size(),
+absl::StatusOr<BlobHeader> parse_blob_header(absl::string_view blob_start, uint64_t blob_bytes) {
+  if (blob_start.size() < static_cast<size_t>(kBlobHeaderBytes)) {
+    return absl::InvalidArgumentError(absl::StrCat("fp4 blob: ", blob_start.size(),
                                                    " bytes, expected at least the ",
                                                    kBlobHeaderBytes, "-byte header"));
   }
-  const auto* p = reinterpret_cast<const uint8_t*>(blob.data());
+  const auto* p = reinterpret_cast<const uint8_t*>(blob_start.data());
   if (std::memcmp(p, kMagic, sizeof kMagic) != 0) {
     return absl::InvalidArgumentError("fp4 blob magic: expected \"VBFP4W\\0\\0\"");
   }
@@ -371,13 +371,13 @@ absl::StatusOr<PackedWeight> deserialize(absl::string_view blob) {
     return absl::InvalidArgumentError(
         absl::StrCat("fp4 blob format = ", raw_format, ": expected 0..3"));
   }
-  PackedWeight w;
-  w.format = static_cast<Format>(raw_format);
+  BlobHeader h;
+  h.format = static_cast<Format>(raw_format);
   const uint32_t block = get_u32(p + 16);
-  if (block != static_cast<uint32_t>(block_size(w.format))) {
+  if (block != static_cast<uint32_t>(block_size(h.format))) {
     return absl::InvalidArgumentError(absl::StrCat("fp4 blob block size = ", block, ": expected ",
-                                                   block_size(w.format), " for ",
-                                                   format_name(w.format)));
+                                                   block_size(h.format), " for ",
+                                                   format_name(h.format)));
   }
   const uint64_t n = get_u64(p + 24);
   const uint64_t k = get_u64(p + 32);
@@ -386,19 +386,31 @@ absl::StatusOr<PackedWeight> deserialize(absl::string_view blob) {
     return absl::InvalidArgumentError(
         absl::StrCat("fp4 blob n = ", n, ", k = ", k, ": expected n * k <= 2^40"));
   }
-  w.n = static_cast<int64_t>(n);
-  w.k = static_cast<int64_t>(k);
-  w.tensor_scale = float_from_bits(get_u32(p + 40));
-  VB_RETURN_IF_ERROR(check_shape(w.format, w.n, w.k));
-  const uint64_t codes = n * k / 2;
-  const uint64_t scales = n * (k / block) * scale_bytes(w.format);
-  const uint64_t expected = kBlobHeaderBytes + codes + scales;
-  if (blob.size() != expected) {
-    return absl::InvalidArgumentError(absl::StrCat("fp4 blob: ", blob.size(), " bytes, expected ",
+  h.n = static_cast<int64_t>(n);
+  h.k = static_cast<int64_t>(k);
+  h.tensor_scale = float_from_bits(get_u32(p + 40));
+  VB_RETURN_IF_ERROR(check_shape(h.format, h.n, h.k));
+  h.codes_offset = kBlobHeaderBytes;
+  h.scales_offset = kBlobHeaderBytes + static_cast<int64_t>(n * k / 2);
+  const uint64_t scales = n * (k / block) * scale_bytes(h.format);
+  const uint64_t expected = static_cast<uint64_t>(h.scales_offset) + scales;
+  if (blob_bytes != expected) {
+    return absl::InvalidArgumentError(absl::StrCat("fp4 blob: ", blob_bytes, " bytes, expected ",
                                                    expected, " (header + codes + scales)"));
   }
-  w.codes.assign(p + kBlobHeaderBytes, p + kBlobHeaderBytes + codes);
-  w.scales.assign(p + kBlobHeaderBytes + codes, p + expected);
+  return h;
+}
+
+absl::StatusOr<PackedWeight> deserialize(absl::string_view blob) {
+  VB_ASSIGN_OR_RETURN(const BlobHeader h, parse_blob_header(blob, blob.size()));
+  const auto* p = reinterpret_cast<const uint8_t*>(blob.data());
+  PackedWeight w;
+  w.format = h.format;
+  w.n = h.n;
+  w.k = h.k;
+  w.tensor_scale = h.tensor_scale;
+  w.codes.assign(p + h.codes_offset, p + h.scales_offset);
+  w.scales.assign(p + h.scales_offset, p + blob.size());
   VB_RETURN_IF_ERROR(validate(w));
   return w;
 }

@@ -86,6 +86,18 @@ constexpr int64_t kBlobHeaderBytes = 64;
 std::string serialize(const PackedWeight& weight);
 absl::StatusOr<PackedWeight> deserialize(absl::string_view blob);
 
+// What a blob's header says, checked against the blob's total size: enough to point a
+// kernel at the codes and scales of a blob that lives in device memory.
+struct BlobHeader {
+  Format format = Format::kNvfp4;
+  int64_t n = 0;
+  int64_t k = 0;
+  float tensor_scale = 1.0f;
+  int64_t codes_offset = 0;
+  int64_t scales_offset = 0;
+};
+absl::StatusOr<BlobHeader> parse_blob_header(absl::string_view blob_start, uint64_t blob_bytes);
+
 // The rounding primitives of quantize, exposed for tests. Inputs are finite.
 uint8_t encode_e2m1(double x);               // RNE, saturating to +-6; sign kept
 uint8_t encode_e4m3(double x);               // RNE, saturating to +-448; never NaN
