@@ -250,10 +250,19 @@ class CudaBackend final : public Backend {
           bias.defined() ? bias.contiguous().data_ptr() : nullptr, y.data_ptr(), stream.stream()));
       return NamedTensors{{"output", y.reshape(out_shape)}};
     }
-    at::Tensor w = at::empty({header.n, header.k}, x.options().dtype(at::kBFloat16));
-    VB_RETURN_IF_ERROR(
-        fp4::dequantize_to_bf16(view, static_cast<uint16_t*>(w.data_ptr()), stream.stream()));
-    at::Tensor y = at::linear(x, w.to(type), bias.defined() ? bias : at::Tensor());
+    // bf16 weights are what a bf16 GEMM reads; any other input gets the exact float32
+    // weight, so its product rounds only where the input's type does.
+    at::Tensor w;
+    if (type == at::kBFloat16) {
+      w = at::empty({header.n, header.k}, x.options());
+      VB_RETURN_IF_ERROR(
+          fp4::dequantize_to_bf16(view, static_cast<uint16_t*>(w.data_ptr()), stream.stream()));
+    } else {
+      w = at::empty({header.n, header.k}, x.options().dtype(at::kFloat));
+      VB_RETURN_IF_ERROR(fp4::dequantize_to_float(view, w.data_ptr<float>(), stream.stream()));
+      w = w.to(type);
+    }
+    at::Tensor y = at::linear(x, w, bias.defined() ? bias : at::Tensor());
     return NamedTensors{{"output", y.reshape(out_shape).contiguous()}};
   }
 
