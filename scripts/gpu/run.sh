@@ -45,9 +45,10 @@ grep -E "tests passed|Failed|\*\*\*" "$out/gpu-tests.log" | head -20
 build-gpu/tests/gpu/gpu_tests --gtest_brief=1 2>&1 | grep -E "^(GPU |[0-9]+x|out-of-memory)"
 
 stamp "unit and integration tests against the CUDA build"
-(cd build-gpu && ctest -L "unit|integration" -E interop -j 8 > "$out/other-tests.log" 2>&1)
+(cd build-gpu && ctest -L "unit|integration" -E interop -j 8 --output-on-failure \
+  > "$out/other-tests.log" 2>&1)
 other_rc=$?
-grep -E "tests passed|\*\*\*Failed" "$out/other-tests.log" | head -20
+grep -E "tests passed|\*\*\*Failed|Failure$|^Expected|^  Actual|^Value of" "$out/other-tests.log" | head -40
 
 stamp "vbctl doctor"
 build-gpu/client/vbctl doctor 2>&1 | tee "$out/doctor.txt"
