@@ -20,9 +20,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <functional>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -32,6 +32,7 @@
 #include "backends/tier_store.h"
 #include "bench/timing.h"
 #include "common/digest.h"
+#include "tests/support/temp_dir.h"
 
 #ifdef VB_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -253,7 +254,7 @@ void ssd(const std::string& dir, size_t bytes, int repetitions) {
               "read (verified)", tier_read, gbps(bytes, tier_read), raw_read, gbps(bytes, raw_read),
               raw_read / tier_read);
   tier->remove(digest);
-  std::filesystem::remove(raw);
+  ::unlink(raw.c_str());
   std::free(buffer);
 }
 
@@ -365,17 +366,8 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  std::string temp;
-  if (dir.empty()) {
-    std::string pattern =
-        (std::filesystem::temp_directory_path() / "vb-tier-bench-XXXXXX").string();
-    const char* made = ::mkdtemp(pattern.data());
-    if (made == nullptr) {
-      std::perror(pattern.c_str());
-      return 1;
-    }
-    temp = dir = made;
-  }
+  std::optional<vb::testing::TempDir> temp;
+  if (dir.empty()) dir = temp.emplace("vb-tier-bench").path();
   at::manual_seed(0);
 #ifdef VB_WITH_CUDA
   cudaDeviceProp properties{};
@@ -401,6 +393,5 @@ int main(int argc, char** argv) {
     streaming(9, 1024, 256, at::kFloat, size_t{64} << 20, 5);
 #endif
   }
-  if (!temp.empty()) std::filesystem::remove_all(temp);
   return 0;
 }

@@ -3,7 +3,7 @@
 # everything with VB_WITH_CUDA against the machine's LibTorch, run the GPU-labelled tests
 # (then the rest, for information), and the GPU benchmark. Logs go to $OUT when set.
 #
-#   device run, carry [".debs"]:  bash scripts/gpu/run.sh
+#   device run, carry [".debs"]:  bash scripts/gpu/run.sh   (VB_GPU_BENCH=0: tests only)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-/tmp/vb-gpu-out}
@@ -49,6 +49,12 @@ stamp "unit and integration tests against the CUDA build"
   > "$out/other-tests.log" 2>&1)
 other_rc=$?
 grep -E "tests passed|\*\*\*Failed|Failure$|^Expected|^  Actual|^Value of" "$out/other-tests.log" | head -40
+
+if [[ "${VB_GPU_BENCH:-1}" == 0 ]]; then
+  stamp "done (benchmarks skipped: VB_GPU_BENCH=0)"
+  [[ $gpu_rc == 0 && $other_rc == 0 ]]
+  exit
+fi
 
 stamp "vbctl doctor"
 build-gpu/client/vbctl doctor 2>&1 | tee "$out/doctor.txt"

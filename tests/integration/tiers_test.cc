@@ -9,7 +9,6 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <thread>
 
@@ -26,6 +25,7 @@
 #include "common/digest.h"
 #include "tests/integration/test_util.h"
 #include "tests/support/daemon_process.h"
+#include "tests/support/temp_dir.h"
 
 namespace vb::testing {
 namespace {
@@ -36,38 +36,12 @@ constexpr int64_t kWidth = 96;                         // 96x96 float32: 36 KiB 
 constexpr int kLayers = 6;                             // 216 KiB of weights in all
 constexpr uint64_t kLayerBytes = kWidth * kWidth * 4;  // a whole number of 4 KiB slots
 
-class TempDir {
- public:
-  TempDir() {
-    // $TMPDIR first, then /tmp: a TMPDIR that cannot be written to must not stop the test.
-    for (const std::filesystem::path& base : {temp_base(), std::filesystem::path("/tmp")}) {
-      std::string pattern = (base / "vb-tiers-XXXXXX").string();
-      if (const char* made = ::mkdtemp(pattern.data())) {
-        path_ = made;
-        return;
-      }
-    }
-    ADD_FAILURE() << "cannot create a temporary directory: " << std::strerror(errno);
-    path_ = "/nonexistent";
-  }
-  static std::filesystem::path temp_base() {
-    std::error_code error;
-    std::filesystem::path base = std::filesystem::temp_directory_path(error);
-    return error ? std::filesystem::path("/tmp") : base;
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  std::string tiers() const { return path_ + "/tiers"; }
-
- private:
-  std::string path_;
-};
-
 // Device tier: two layers (a third of the model); host tier: two; SSD: the rest and more.
 std::vector<std::string> small_tiers(const TempDir& dir, const std::string& policy = "next-use") {
   return {"--store-device-bytes", std::to_string(2 * kLayerBytes),
           "--store-host-bytes",   std::to_string(2 * kLayerBytes),
           "--store-ssd-bytes",    "4MiB",
-          "--store-ssd-dir",      dir.tiers(),
+          "--store-ssd-dir",      dir.sub("tiers"),
           "--store-policy",       policy};
 }
 
@@ -169,7 +143,7 @@ TEST(TiersTest, SigkilledDaemonRestartsOnItsDirectoryServingOnlyWholeTensors) {
     patch_model(*remote, make_router({daemon.address()}));
     EXPECT_LT(relative_error(remote->forward(x), expected), 1e-6);
     for (const at::Tensor& w : weights) {
-      if (std::filesystem::exists(dir.tiers() + "/" + digest_of(w) + ".vbt")) {
+      if (file_exists(dir.sub("tiers") + "/" + digest_of(w) + ".vbt")) {
         on_ssd.push_back(digest_of(w));
       }
     }
@@ -178,9 +152,9 @@ TEST(TiersTest, SigkilledDaemonRestartsOnItsDirectoryServingOnlyWholeTensors) {
     ASSERT_EQ(daemon.wait_exit(std::chrono::seconds(10)), 128 + SIGKILL);
   }
   // A write cut off by the kill, and a tier file damaged meanwhile.
-  std::ofstream(dir.tiers() + "/" + std::string(64, 'c') + ".tmp") << "partial";
-  const std::string damaged = dir.tiers() + "/" + on_ssd[0] + ".vbt";
-  std::filesystem::resize_file(damaged, std::filesystem::file_size(damaged) / 2);
+  std::ofstream(dir.sub("tiers") + "/" + std::string(64, 'c') + ".tmp") << "partial";
+  const std::string damaged = dir.sub("tiers") + "/" + on_ssd[0] + ".vbt";
+  ASSERT_TRUE(resize_file(damaged, file_size(damaged) / 2));
 
   DaemonProcess daemon(small_tiers(dir));
   const v1::TierStoreStats stats = tier_stats(daemon);
@@ -218,8 +192,8 @@ TEST(TiersTest, FlippedBytesInATierFileAreRefusedAndTheWeightUploadedAgain) {
   // The first layer's weight is on the SSD tier by now: flip bytes in the middle of its data.
   auto* first = remote->children()[0]->as<nn::RemoteLinear>();
   ASSERT_NE(first, nullptr);
-  const std::string path = dir.tiers() + "/" + digest_of(first->weight) + ".vbt";
-  ASSERT_TRUE(std::filesystem::exists(path));
+  const std::string path = dir.sub("tiers") + "/" + digest_of(first->weight) + ".vbt";
+  ASSERT_TRUE(file_exists(path));
   {
     std::fstream file(path, std::ios::in | std::ios::out | std::ios::binary);
     file.seekp(4096 + kLayerBytes / 2);

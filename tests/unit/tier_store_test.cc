@@ -11,7 +11,6 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <random>
 #include <string>
@@ -23,43 +22,18 @@
 #include "backends/ssd_tier.h"
 #include "backends/tier_store.h"
 #include "common/digest.h"
+#include "tests/support/temp_dir.h"
 
 namespace vb::backends {
 namespace {
+
+using testing::TempDir;
 
 using ::testing::HasSubstr;
 
 constexpr uint64_t kSlot = kTierAlignment;
 
 std::string message_of(const absl::Status& status) { return std::string(status.message()); }
-
-// A fresh directory under the system's temporary directory, removed at the end.
-class TempDir {
- public:
-  TempDir() {
-    // $TMPDIR first, then /tmp: a TMPDIR that cannot be written to must not stop the test.
-    for (const std::filesystem::path& base : {temp_base(), std::filesystem::path("/tmp")}) {
-      std::string pattern = (base / "vb-tiers-XXXXXX").string();
-      if (const char* made = ::mkdtemp(pattern.data())) {
-        path_ = made;
-        return;
-      }
-    }
-    ADD_FAILURE() << "cannot create a temporary directory: " << std::strerror(errno);
-    path_ = "/nonexistent";
-  }
-  static std::filesystem::path temp_base() {
-    std::error_code error;
-    std::filesystem::path base = std::filesystem::temp_directory_path(error);
-    return error ? std::filesystem::path("/tmp") : base;
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  const std::string& path() const { return path_; }
-  std::string sub(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
 
 // Distinct random bytes for tensor `seed`, and their digest.
 struct Blob {
@@ -344,7 +318,7 @@ TEST(TierStoreTest, RestartReindexesWholeFilesAndRemovesLeftovers) {
       ASSERT_TRUE(store->put(blobs[i].digest, blobs[i].bytes.data(), size).ok());
     }
     for (const Blob& blob : blobs) {
-      if (std::filesystem::exists(store->ssd_path_of(blob.digest))) on_ssd.push_back(blob.digest);
+      if (testing::file_exists(store->ssd_path_of(blob.digest))) on_ssd.push_back(blob.digest);
     }
     ASSERT_GE(on_ssd.size(), 3u);
   }  // a crash leaves the same files: tier files are whole from the moment they are named
@@ -352,7 +326,7 @@ TEST(TierStoreTest, RestartReindexesWholeFilesAndRemovesLeftovers) {
   const std::string tiers = options.ssd_directory;
   std::ofstream(tiers + "/" + std::string(64, 'a') + ".tmp") << "half a tensor";
   const std::string cut = tiers + "/" + on_ssd[0] + ".vbt";
-  std::filesystem::resize_file(cut, std::filesystem::file_size(cut) - kSlot);
+  ASSERT_TRUE(testing::resize_file(cut, testing::file_size(cut) - kSlot));
   std::ofstream(tiers + "/" + std::string(64, 'b') + ".vbt") << "not a tier file";
 
   std::unique_ptr<TierStore> store = make_store(options);
@@ -361,7 +335,7 @@ TEST(TierStoreTest, RestartReindexesWholeFilesAndRemovesLeftovers) {
   EXPECT_EQ(stats.recovered_files, on_ssd.size() - 1);
   EXPECT_EQ(stats.removed_files, 3u);
   EXPECT_FALSE(store->contains(on_ssd[0])) << "a truncated file is not a tensor";
-  EXPECT_FALSE(std::filesystem::exists(cut));
+  EXPECT_FALSE(testing::file_exists(cut));
   for (const Blob& blob : blobs) {
     if (blob.digest == on_ssd[0]) continue;
     if (!store->contains(blob.digest)) continue;  // it lived only in memory
