@@ -5,13 +5,24 @@
 #include <ATen/core/ivalue.h>
 #include <c10/util/Exception.h>
 
+#include <map>
 #include <memory>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "client/router.h"
+#include "client/stats.h"
 
 namespace vb::nn {
+
+// What a layer built on a named op (RemoteAttention, LeftSpinResidual) carries from forward
+// to backward.
+struct OpLayerState {
+  std::shared_ptr<Router> router;
+  CallStats stats;
+  std::map<std::string, double> attributes;
+};
 
 // c10::ValueError for INVALID_ARGUMENT (the caller's mistake), c10::Error otherwise.
 inline void raise_if_error(const absl::Status& status, const char* what) {

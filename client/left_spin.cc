@@ -10,7 +10,7 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-using State = LeftSpinResidualImpl::State;
+using State = OpLayerState;
 
 // The call's inputs; du_prev travels only once there is one.
 backends::NamedTensors inputs(const torch::Tensor& u, const torch::Tensor& du,
@@ -59,7 +59,7 @@ class LeftSpinFunction : public torch::autograd::Function<LeftSpinFunction> {
 }  // namespace
 
 LeftSpinResidualImpl::LeftSpinResidualImpl(LeftSpinOptions options_, std::shared_ptr<Router> router)
-    : options(options_), state_(std::make_shared<State>()) {
+    : options(options_), state_(std::make_shared<OpLayerState>()) {
   TORCH_CHECK_VALUE(router != nullptr, "LeftSpinResidual: router is null");
   backends::LeftSpinParams params;
   params.alpha = options.alpha();

@@ -14,6 +14,7 @@
 #include <memory>
 #include <string>
 
+#include "client/layer_util.h"
 #include "client/router.h"
 #include "client/stats.h"
 
@@ -45,15 +46,8 @@ class LeftSpinResidualImpl : public torch::nn::Module, public StatsSource {
 
   LeftSpinOptions options;
 
-  // What the layer's autograd function carries from forward to backward.
-  struct State {
-    std::shared_ptr<Router> router;
-    CallStats stats;
-    std::map<std::string, double> attributes;
-  };
-
  private:
-  std::shared_ptr<State> state_;
+  std::shared_ptr<OpLayerState> state_;
   torch::Tensor du_prev_;
 };
 

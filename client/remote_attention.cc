@@ -11,7 +11,7 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-using State = RemoteAttentionImpl::State;
+using State = OpLayerState;
 
 backends::NamedTensors inputs(const torch::Tensor& q, const torch::Tensor& k,
                               const torch::Tensor& v, const torch::Tensor& mask) {
@@ -60,7 +60,7 @@ class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
 
 RemoteAttentionImpl::RemoteAttentionImpl(RemoteAttentionOptions options_,
                                          std::shared_ptr<Router> router)
-    : options(options_), state_(std::make_shared<State>()) {
+    : options(options_), state_(std::make_shared<OpLayerState>()) {
   TORCH_CHECK_VALUE(router != nullptr, "RemoteAttention: router is null");
   state_->router = std::move(router);
   state_->attributes["is_causal"] = options.is_causal() ? 1 : 0;

@@ -15,6 +15,7 @@
 #include <optional>
 #include <string>
 
+#include "client/layer_util.h"
 #include "client/router.h"
 #include "client/stats.h"
 
@@ -40,15 +41,8 @@ class RemoteAttentionImpl : public torch::nn::Module, public StatsSource {
 
   RemoteAttentionOptions options;
 
-  // What the autograd function carries from forward to backward.
-  struct State {
-    std::shared_ptr<Router> router;
-    CallStats stats;
-    std::map<std::string, double> attributes;
-  };
-
  private:
-  std::shared_ptr<State> state_;
+  std::shared_ptr<OpLayerState> state_;
 };
 
 TORCH_MODULE(RemoteAttention);

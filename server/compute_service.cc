@@ -133,18 +133,13 @@ bool ComputeService::has_weight(const std::string& digest) const {
 
 absl::Status ComputeService::check_weight(const std::string& digest, const TensorSpec& spec,
                                           absl::string_view field) const {
-  VB_RETURN_IF_ERROR(check_digest_format(digest, absl::StrCat(field, ".digest")));
-  const std::optional<uint64_t> stored = store_->size_of(digest);
-  if (!stored) {
-    return absl::NotFoundError(
-        absl::StrCat(field, ".digest = ", digest, ": this daemon does not hold it; upload it"));
+  absl::Status held = check_blob(digest, static_cast<uint64_t>(spec.byte_size()), field);
+  if (absl::IsInvalidArgument(held)) {
+    return absl::InvalidArgumentError(absl::StrCat("byte count mismatch: ", field,
+                                                   ".spec = ", spec.to_string(), " needs ",
+                                                   spec.byte_size(), " bytes; ", held.message()));
   }
-  if (*stored != static_cast<uint64_t>(spec.byte_size())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("byte count mismatch: ", field, ".spec = ", spec.to_string(), " needs ",
-                     spec.byte_size(), " bytes but ", field, ".digest names ", *stored, " bytes"));
-  }
-  return absl::OkStatus();
+  return held;
 }
 
 size_t ComputeService::prefetch(const std::vector<std::string>& digests) {
@@ -163,8 +158,8 @@ absl::Status ComputeService::check_blob(const std::string& digest, uint64_t byte
         absl::StrCat(field, ".digest = ", digest, ": this daemon does not hold it; upload it"));
   }
   if (*stored != byte_size) {
-    return absl::InvalidArgumentError(absl::StrCat(field, ".byte_size = ", byte_size, " but ",
-                                                   field, ".digest names ", *stored, " bytes"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ".digest names ", *stored, " bytes, not ", byte_size));
   }
   return absl::OkStatus();
 }
