@@ -377,6 +377,245 @@ __global__ void __launch_bounds__(kMaxWarps * 32, 2) fused_linear_kernel(LinearP
   }
 }
 
+// ---------------------------------------------------------------------------------------
+// Pipelined variant (LinearOptions::pipeline_stages = kStages, k % 32 == 0). Same split of
+// work, MMA layout and reduction as fused_linear_kernel, but the codes of a warp's steps go
+// through shared memory with cp.async: while step i is decoded and multiplied, the codes of
+// steps i + 1 .. i + kStages - 1 are already requested (and the scales of step
+// i + kStages - 1 are prefetched into L2), so each warp keeps (kStages - 1) * 2 KB of the
+// weight stream in flight instead of none during its compute. Each lane copies and reads back
+// only its own 64 bytes per step, so cp.async.wait_group alone orders them (no barrier). The
+// first kStages - 1 steps are requested before the lookup table is built. The table is built
+// from one element_to_float pair per byte (the original evaluates it 32 times per byte).
+// Shared memory (dynamic): the table, the scale table, then [warp][stage][4 rows][lane] x 16 B.
+
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+}
+
+constexpr int kStageBytesPerWarp = kRowTiles * 2 * 32 * 16;  // 2 rows per tile, 16 B per lane
+
+size_t pipelined_smem_bytes(int stages, int warps) {
+  return (kLutWords + 256) * sizeof(uint32_t) +
+         static_cast<size_t>(stages) * static_cast<size_t>(warps) * kStageBytesPerWarp;
+}
+
+template <typename T, int kBatchTiles, int kStages>
+__global__ void __launch_bounds__(kMaxWarps * 32, 2) pipelined_linear_kernel(LinearParams p) {
+  extern __shared__ __align__(16) uint32_t smem[];
+  uint32_t* lut = smem;
+  uint32_t* scale_lut = smem + kLutWords;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int warps = blockDim.x >> 5;
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  const int64_t row0 = int64_t{blockIdx.x} * kRows;
+  const int block_shift = p.format == Format::kNvfp4 ? 4 : p.format == Format::kMxfp4 ? 5 : 6;
+  const int64_t steps = (p.k + kStepK - 1) / kStepK;
+  const int64_t my_steps = warp < steps ? (steps - warp + warps - 1) / warps : 0;
+  const int64_t row_bytes = p.k / 2;
+
+  // This lane's 4 weight rows (c = 2 * tile + {0: row g, 1: row g + 8}).
+  constexpr int kChunks = kRowTiles * 2;
+  const uint8_t* src[kChunks];
+  bool row_ok[kChunks];
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c) {
+    const int64_t row = row0 + 16 * (c / 2) + g + 8 * (c % 2);
+    row_ok[c] = row < p.n;
+    src[c] = p.codes + (row_ok[c] ? row : 0) * row_bytes + 16 * t;
+  }
+  const uint32_t stage_base =
+      static_cast<uint32_t>(__cvta_generic_to_shared(smem + kLutWords + 256)) +
+      warp * (kStages * kStageBytesPerWarp) + 16 * lane;
+  const uint4* stage_ptr = reinterpret_cast<const uint4*>(smem + kLutWords + 256) +
+                           warp * (kStages * kChunks * 32) + lane;
+
+  // Request this warp's i-th step into stage i % kStages (an empty group past the end).
+  auto issue = [&](int64_t i) {
+    if (i < my_steps) {
+      const int64_t step = warp + i * warps;
+      const int64_t kt = step * kStepK + 32 * t;
+      if (kt < p.k) {  // k % 32 == 0: then all 32 k of the lane are inside the row
+        const uint32_t dst = stage_base + static_cast<uint32_t>(i % kStages) * kStageBytesPerWarp;
+#pragma unroll
+        for (int c = 0; c < kChunks; ++c) {
+          if (row_ok[c]) {
+            cp_async16(dst + c * 32 * 16, src[c] + kt / 2);
+            prefetch_l2(static_cast<const uint8_t*>(p.scales) +
+                        ((row0 + 16 * (c / 2) + g + 8 * (c % 2)) * (p.k >> block_shift) +
+                         (kt >> block_shift)) *
+                            (has_byte_scales(p.format) ? 1 : 4));
+          }
+        }
+      }
+    }
+    cp_async_commit();
+  };
+#pragma unroll
+  for (int i = 0; i < kStages - 1; ++i) issue(i);
+
+  // Byte -> (element of the low nibble, element of the high nibble), 16 bits each, one copy
+  // per lane; a warp's 32 threads write 32 different bytes' entries to 32 different banks.
+  for (int byte = threadIdx.x; byte < 256; byte += blockDim.x) {
+    const uint32_t v = Half<T>::bits(element_to_float(p.format, byte & 15u)) |
+                       (Half<T>::bits(element_to_float(p.format, byte >> 4)) << 16);
+#pragma unroll 8
+    for (int l = 0; l < 32; ++l) lut[(byte << 5) | ((l + lane) & 31)] = v;
+  }
+  if (has_byte_scales(p.format)) {
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) {
+      const uint32_t h = Half<T>::bits(byte_scale_to_float(p.format, i));
+      scale_lut[i] = h | (h << 16);
+    }
+  }
+  __syncthreads();
+
+  const T* x = static_cast<const T*>(p.x);
+  float acc[kRowTiles][kBatchTiles][4];
+#pragma unroll
+  for (int r = 0; r < kRowTiles; ++r)
+#pragma unroll
+    for (int b = 0; b < kBatchTiles; ++b)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[r][b][i] = 0.0f;
+
+  for (int64_t i = 0; i < my_steps; ++i) {
+    issue(i + kStages - 1);
+    const int64_t step = warp + i * warps;
+    const int64_t kt = step * kStepK + 32 * t;  // this lane's 32 k
+    uint32_t xs[kBatchTiles][16];               // x[b][kt + 2q], x[b][kt + 2q + 1] in xs[.][q]
+#pragma unroll
+    for (int bt = 0; bt < kBatchTiles; ++bt) {
+      const int b = g + 8 * bt;
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (b < p.batch && kt + 8 * c + 8 <= p.k) {
+          v = __ldg(reinterpret_cast<const uint4*>(x + b * p.k + kt + 8 * c));
+        }
+        xs[bt][4 * c] = v.x;
+        xs[bt][4 * c + 1] = v.y;
+        xs[bt][4 * c + 2] = v.z;
+        xs[bt][4 * c + 3] = v.w;
+      }
+    }
+    uint32_t scales[kRowTiles][2][2];  // [tile][row g, g + 8][k half]
+#pragma unroll
+    for (int r = 0; r < kRowTiles; ++r)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int half = 0; half < 2; ++half)
+          scales[r][h][half] =
+              load_scale<T>(p, scale_lut, row0 + 16 * r + g + 8 * h, kt + 16 * half, block_shift);
+
+    cp_async_wait<kStages - 1>();  // this lane's copies of step i have landed
+    uint4 codes[kRowTiles][2];
+    const uint4* slot = stage_ptr + (i % kStages) * (kChunks * 32);
+#pragma unroll
+    for (int r = 0; r < kRowTiles; ++r) {
+      // Rows past n and k past the row were not copied and hold stale bytes: every table
+      // value is finite and their scales (load_scale) and x are 0, so they add 0.
+      codes[r][0] = slot[(2 * r) * 32];
+      codes[r][1] = slot[(2 * r + 1) * 32];
+    }
+
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int word = j / 2;          // codes word holding bytes 2j, 2j + 1
+      const int shift = 16 * (j % 2);  // bit offset of byte 2j in that word
+      const int half = j / 4;          // bytes 0..7 are k 0..15, 8..15 are k 16..31
+#pragma unroll
+      for (int r = 0; r < kRowTiles; ++r) {
+        const uint32_t w0 = (&codes[r][0].x)[word] >> shift;  // row g
+        const uint32_t w1 = (&codes[r][1].x)[word] >> shift;  // row g + 8
+        uint32_t a[4];
+        a[0] = Half<T>::mul2(lut[((w0 & 0xFF) << 5) | lane], scales[r][0][half]);
+        a[1] = Half<T>::mul2(lut[((w1 & 0xFF) << 5) | lane], scales[r][1][half]);
+        a[2] = Half<T>::mul2(lut[(((w0 >> 8) & 0xFF) << 5) | lane], scales[r][0][half]);
+        a[3] = Half<T>::mul2(lut[(((w1 >> 8) & 0xFF) << 5) | lane], scales[r][1][half]);
+#pragma unroll
+        for (int bt = 0; bt < kBatchTiles; ++bt) {
+          Half<T>::mma(acc[r][bt], a, xs[bt][2 * j], xs[bt][2 * j + 1]);
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();
+
+  // Split-K reduction through shared memory (the lookup table's space), as above.
+  __syncthreads();
+  float* partial = reinterpret_cast<float*>(lut);  // [warp][row in block][batch 16]
+#pragma unroll
+  for (int r = 0; r < kRowTiles; ++r)
+#pragma unroll
+    for (int bt = 0; bt < kBatchTiles; ++bt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int row = 16 * r + g + 8 * (i / 2);
+        const int b = 8 * bt + 2 * t + (i % 2);
+        partial[(warp * kRows + row) * 16 + b] = acc[r][bt][i];
+      }
+  __syncthreads();
+  const uint16_t* bias = static_cast<const uint16_t*>(p.bias);
+  uint16_t* y = static_cast<uint16_t*>(p.y);
+  for (int i = threadIdx.x; i < kRows * 16; i += blockDim.x) {
+    const int b = i / kRows;
+    const int row = i % kRows;
+    const int64_t n = row0 + row;
+    if (b >= p.batch || n >= p.n) continue;
+    float sum = 0.0f;
+    for (int w = 0; w < warps; ++w) sum += partial[(w * kRows + row) * 16 + b];
+    sum *= p.tensor_scale;
+    if (bias != nullptr) sum += Half<T>::to_float(bias[n]);
+    y[b * p.n + n] = static_cast<uint16_t>(Half<T>::bits(sum));
+  }
+}
+
+template <typename T, int kBatchTiles, int kStages>
+cudaError_t launch_pipelined_tiles(const LinearParams& p, int grid, int threads,
+                                   cudaStream_t stream) {
+  const size_t smem = pipelined_smem_bytes(kStages, threads / 32);
+  const cudaError_t e =
+      cudaFuncSetAttribute(pipelined_linear_kernel<T, kBatchTiles, kStages>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (e != cudaSuccess) return e;
+  pipelined_linear_kernel<T, kBatchTiles, kStages><<<grid, threads, smem, stream>>>(p);
+  return cudaSuccess;
+}
+
+template <typename T, int kStages>
+cudaError_t launch_pipelined_stages(const LinearParams& p, int grid, int threads,
+                                    cudaStream_t stream) {
+  return p.batch <= 8 ? launch_pipelined_tiles<T, 1, kStages>(p, grid, threads, stream)
+                      : launch_pipelined_tiles<T, 2, kStages>(p, grid, threads, stream);
+}
+
+template <typename T>
+cudaError_t launch_pipelined(const LinearParams& p, int stages, int grid, int threads,
+                             cudaStream_t stream) {
+  switch (stages) {
+    case 2:
+      return launch_pipelined_stages<T, 2>(p, grid, threads, stream);
+    case 3:
+      return launch_pipelined_stages<T, 3>(p, grid, threads, stream);
+    default:
+      return launch_pipelined_stages<T, 4>(p, grid, threads, stream);
+  }
+}
+
 template <typename T>
 void launch_fused(const LinearParams& p, int grid, int threads, cudaStream_t stream) {
   if (p.batch <= 8) {
@@ -441,6 +680,11 @@ absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t b
     return absl::InvalidArgumentError(
         absl::StrCat(kWhat, ": warps_per_block = ", warps, ": expected 1, 2, 4 or 8"));
   }
+  const int stages = options.pipeline_stages;
+  if (stages != 0 && stages != 2 && stages != 3 && stages != 4) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kWhat, ": pipeline_stages = ", stages, ": expected 0, 2, 3 or 4"));
+  }
   if (batch == 0 || weight.n == 0) return absl::OkStatus();
   if (x == nullptr || y == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat(kWhat, ": x or y is null"));
@@ -467,7 +711,15 @@ absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t b
   if (grid > 0x7FFFFFFF) {
     return absl::InvalidArgumentError(absl::StrCat(kWhat, ": n = ", weight.n, " is too large"));
   }
-  if (type == Activation::kBf16) {
+  if (options.pipeline_stages > 0 && weight.k % 32 == 0) {
+    const cudaError_t e =
+        type == Activation::kBf16
+            ? launch_pipelined<__nv_bfloat16>(p, options.pipeline_stages, static_cast<int>(grid),
+                                              warps * 32, stream)
+            : launch_pipelined<__half>(p, options.pipeline_stages, static_cast<int>(grid),
+                                       warps * 32, stream);
+    VB_RETURN_IF_ERROR(cuda_status(e, "fp4_linear: cudaFuncSetAttribute"));
+  } else if (type == Activation::kBf16) {
     launch_fused<__nv_bfloat16>(p, static_cast<int>(grid), warps * 32, stream);
   } else {
     launch_fused<__half>(p, static_cast<int>(grid), warps * 32, stream);
