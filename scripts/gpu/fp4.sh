@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# On the GPU machine, the 4-bit kernels alone: build gpu_tests and fp4_bench with
+# VB_WITH_CUDA, run the Fp4 GPU tests, then the benchmark. Shorter than run.sh when only the
+# kernels changed.
+#
+#   device run, carry [".debs"]:  bash scripts/gpu/fp4.sh
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+out=${OUT:-/tmp/vb-gpu-out}
+mkdir -p "$out"
+prefix=/tmp/vb-deps
+mkdir -p "$prefix"
+for f in .debs/*.deb; do dpkg -x "$f" "$prefix"; done
+export LD_LIBRARY_PATH="$prefix/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+export LIBRARY_PATH="$prefix/usr/lib/x86_64-linux-gnu:${LIBRARY_PATH:-}"
+export PATH="/opt/torch/.venv/bin:$PATH"
+torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DVB_WITH_CUDA=ON \
+  -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_PREFIX_PATH="$prefix/usr;$torch_prefix" \
+  -DProtobuf_PROTOC_EXECUTABLE="$prefix/usr/bin/protoc" \
+  -DProtobuf_INCLUDE_DIR="$prefix/usr/include" \
+  -DProtobuf_LIBRARY="$prefix/usr/lib/x86_64-linux-gnu/libprotobuf.so" \
+  > "$out/configure.log" 2>&1 || { tail -40 "$out/configure.log"; exit 1; }
+cmake --build build-gpu -j "$(nproc)" --target gpu_tests fp4_bench > "$out/build.log" 2>&1 \
+  || { grep -E "error|Error" "$out/build.log" | head -40; exit 1; }
+build-gpu/tests/gpu/gpu_tests --gtest_filter='Fp4*' 2>&1 | tee "$out/fp4-tests.log" \
+  | grep -E "OK \]|FAILED|Failure|PASSED|stages" | head -40
+tests_rc=${PIPESTATUS[0]}
+build-gpu/bench/fp4_bench 2>&1 | tee "$out/fp4-bench.txt"
+exit "$tests_rc"
