@@ -147,22 +147,11 @@ int main(int argc, char** argv) {
         const at::Tensor x = torch::randn({batch, k}, bf16);
         at::Tensor y = torch::empty({batch, n}, bf16);
         const bool fused = batch <= fp4::kFusedMaxBatch;
-        // Paths: 0 and 1 fused (pipeline_stages 0: the original kernel; kPipelinedStages: the
-        // cp.async pipeline), 2 dequantize + GEMM. Batches above 16 take path 2 only.
-        constexpr int kPipelinedStages = 4;
-        auto path_name = [](int path) {
-          return path == 0   ? "fused (pipeline_stages=0)"
-                 : path == 1 ? "fused (pipeline_stages=4)"
-                             : "dequant+gemm";
-        };
-        const std::vector<int> paths = fused ? std::vector<int>{0, 1, 2} : std::vector<int>{2};
-        auto run_fp4 = [&](int i, int path) {
+        auto run_fp4 = [&](int i, bool use_fused) {
           const fp4::DeviceWeightView& v = w4[i % copies].view;
-          if (path < 2) {
-            fp4::LinearOptions options;
-            options.pipeline_stages = path == 0 ? 0 : kPipelinedStages;
+          if (use_fused) {
             check(fp4::fp4_linear(v, x.data_ptr(), batch, fp4::Activation::kBf16, nullptr,
-                                  y.data_ptr(), nullptr, options),
+                                  y.data_ptr(), nullptr),
                   "fp4_linear");
           } else {
             check(fp4::dequantize_to_bf16(v, static_cast<uint16_t*>(scratch.data_ptr()), nullptr),
@@ -171,9 +160,10 @@ int main(int argc, char** argv) {
           }
         };
         // Check before timing: against at::linear on the same weights dequantized to bf16.
-        for (int path : paths) {
+        for (int path = 0; path < (fused ? 2 : 1); ++path) {
+          const bool use_fused = fused && path == 0;
           y.fill_(std::numeric_limits<float>::quiet_NaN());
-          run_fp4(0, path);
+          run_fp4(0, use_fused);
           check(fp4::dequantize_to_bf16(w4[0].view, static_cast<uint16_t*>(scratch.data_ptr()),
                                         nullptr),
                 "dequantize_to_bf16");
@@ -182,19 +172,20 @@ int main(int argc, char** argv) {
           if (!(err < 1e-2)) {
             std::fprintf(stderr, "CHECK FAILED %s %s batch %ld %s: relative error %.3e\n",
                          vb::backends::fp4::format_name(format), shape.c_str(),
-                         static_cast<long>(batch), path_name(path), err);
+                         static_cast<long>(batch), use_fused ? "fused" : "dequant+gemm", err);
             return 1;
           }
         }
         const double bf16_ms =
             median_ms(reps, [&](int i) { y = at::linear(x, w16[i % bf16_copies]); });
-        for (int path : paths) {
-          const double ms = median_ms(reps, [&](int i) { run_fp4(i, path); });
+        for (int path = 0; path < (fused ? 2 : 1); ++path) {
+          const bool use_fused = fused && path == 0;
+          const double ms = median_ms(reps, [&](int i) { run_fp4(i, use_fused); });
           const double gbps = packed_bytes / (ms / 1e3) / 1e9;
           std::printf("%-7s %-12s %5ld  %10.1f %10.1f %7.2fx  %10.0f %7.0f%%  %s\n",
                       vb::backends::fp4::format_name(format), shape.c_str(),
                       static_cast<long>(batch), ms * 1e3, bf16_ms * 1e3, bf16_ms / ms, gbps,
-                      100.0 * gbps / copy_gbps, path_name(path));
+                      100.0 * gbps / copy_gbps, use_fused ? "fused" : "dequant+gemm");
         }
       }
     }

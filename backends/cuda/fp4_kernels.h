@@ -73,13 +73,6 @@ absl::Status dequantize_to_bf16(const DeviceWeightView& weight, uint16_t* out, c
 
 struct LinearOptions {
   int warps_per_block = 8;  // split-K ways inside a block: 1, 2, 4 or 8
-  // 0: the original kernel (each warp loads one 128-wide k step's codes into registers, then
-  // decodes and multiplies them: no code loads in flight during the compute). 2, 3 or 4: the
-  // code stream goes through a per-warp cp.async pipeline in shared memory with that many
-  // stages (stages - 1 steps in flight while a step is computed) and the step's scales are
-  // prefetched into L2 as far ahead. Needs k % 32 == 0 (16-byte aligned rows); other k use
-  // the original kernel.
-  int pipeline_stages = 0;
 };
 
 // y[b, j] = sum_k x[b, k] * W[j, k] (+ bias[j]) for b < batch, j < n. x: [batch, k] (16-byte

@@ -173,25 +173,14 @@ struct LinearCase {
   Activation type;
   bool bias;
   int warps;
-  int stages = -1;  // LinearOptions::pipeline_stages; -1: check 0 (original) and 4 (pipelined)
 };
 
-void check_linear(const LinearCase& c, unsigned seed);
-
-void check_linear_variants(LinearCase c, unsigned seed) {
-  if (c.stages >= 0) return check_linear(c, seed);
-  for (int stages : {0, 4}) {
-    c.stages = stages;
-    check_linear(c, seed);
-  }
-}
-
 void check_linear(const LinearCase& c, unsigned seed) {
-  const std::string label =
-      std::string(cpu::format_name(c.format)) + (c.type == Activation::kBf16 ? " bf16" : " fp16") +
-      " n=" + std::to_string(c.n) + " k=" + std::to_string(c.k) +
-      " batch=" + std::to_string(c.batch) + " warps=" + std::to_string(c.warps) +
-      " stages=" + std::to_string(c.stages) + (c.bias ? " +bias" : "");
+  const std::string label = std::string(cpu::format_name(c.format)) +
+                            (c.type == Activation::kBf16 ? " bf16" : " fp16") +
+                            " n=" + std::to_string(c.n) + " k=" + std::to_string(c.k) +
+                            " batch=" + std::to_string(c.batch) +
+                            " warps=" + std::to_string(c.warps) + (c.bias ? " +bias" : "");
   const std::vector<float> wf = gaussian(c.n * c.k, seed, 0.02f);
   auto q = cpu::quantize(wf.data(), c.n, c.k, c.format);
   ASSERT_TRUE(q.ok()) << q.status();
@@ -212,7 +201,6 @@ void check_linear(const LinearCase& c, unsigned seed) {
     dy.poison();
     LinearOptions options;
     options.warps_per_block = c.warps;
-    options.pipeline_stages = c.stages;
     const absl::Status status =
         fp4_linear((*device)->view(), dx.get(), c.batch, c.type, c.bias ? dbias.get() : nullptr,
                    dy.get(), nullptr, options);
@@ -244,24 +232,17 @@ TEST(Fp4GpuTest, FusedLinearMatchesFloat64) {
     const int block = cpu::block_size(f);
     for (Activation type : {Activation::kBf16, Activation::kFp16}) {
       for (int64_t batch : {1, 4, 16}) {
-        check_linear_variants({f, 256, 2048, batch, type, true, 8}, seed++);
+        check_linear({f, 256, 2048, batch, type, true, 8}, seed++);
       }
       // Odd shapes: n not a multiple of the 32-row tile, k not a multiple of the 128-wide step
       // (and for NVFP4 not of 32: the 8-byte load path); batches that leave MMA columns idle.
       for (int64_t batch : {3, 9}) {
-        check_linear_variants({f, 37, int64_t{block} * 13, batch, type, batch == 3, 8}, seed++);
-        check_linear_variants({f, 1, int64_t{block}, batch, type, true, 8}, seed++);
-        // k a multiple of 32 but not of 128, n not of 32: the pipelined kernel's partial steps.
-        check_linear_variants({f, 45, 1216, batch, type, true, 8}, seed++);
+        check_linear({f, 37, int64_t{block} * 13, batch, type, batch == 3, 8}, seed++);
+        check_linear({f, 1, int64_t{block}, batch, type, true, 8}, seed++);
       }
     }
     for (int warps : {1, 2, 4})
-      check_linear_variants({f, 70, 1024, 7, Activation::kBf16, true, warps}, seed++);
-    // Every pipeline depth, including more steps than a warp has (k = 256: 2 steps, 8 warps).
-    for (int stages : {2, 3, 4}) {
-      check_linear({f, 96, 4096, 16, Activation::kBf16, true, 8, stages}, seed++);
-      check_linear({f, 33, 256, 5, Activation::kFp16, false, 8, stages}, seed++);
-    }
+      check_linear({f, 70, 1024, 7, Activation::kBf16, true, warps}, seed++);
   }
 }
 
@@ -282,10 +263,6 @@ TEST(Fp4GpuTest, FusedLinearRefusesBadArguments) {
   EXPECT_TRUE(absl::IsInvalidArgument(misaligned)) << misaligned;
   LinearOptions options;
   options.warps_per_block = 3;
-  EXPECT_TRUE(absl::IsInvalidArgument(fp4_linear((*device)->view(), x.get(), 1, Activation::kBf16,
-                                                 nullptr, y.get(), nullptr, options)));
-  options.warps_per_block = 8;
-  options.pipeline_stages = 1;
   EXPECT_TRUE(absl::IsInvalidArgument(fp4_linear((*device)->view(), x.get(), 1, Activation::kBf16,
                                                  nullptr, y.get(), nullptr, options)));
 }
