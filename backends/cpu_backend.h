@@ -11,7 +11,9 @@ class CpuBackend final : public Backend {
   std::vector<DeviceDescription> devices() const override;
   absl::StatusOr<at::Tensor> linear_forward(const LinearForwardArgs& args) override;
   absl::StatusOr<LinearGrads> linear_backward(const LinearBackwardArgs& args) override;
-  absl::StatusOr<NamedTensors> run_op(const OpArgs& args) override { return backends::run_op(args); }
+  absl::StatusOr<NamedTensors> run_op(const OpArgs& args) override {
+    return backends::run_op(args);
+  }
 };
 
 }  // namespace vb::backends

@@ -19,17 +19,14 @@
 
 #include "backends/cuda/copy_engine.h"
 #include "backends/cuda/fp4_kernels.h"
+#include "bench/timing.h"
 
 namespace {
 
 namespace fp4 = vb::backends::cuda::fp4;
 using vb::backends::fp4::Format;
 
-void check(const absl::Status& status, const char* what) {
-  if (status.ok()) return;
-  std::fprintf(stderr, "%s: %s\n", what, status.ToString().c_str());
-  std::exit(1);
-}
+using vb::bench::check;
 
 void check_cuda(cudaError_t error, const char* what) {
   check(vb::backends::cuda::cuda_status(error, what), what);

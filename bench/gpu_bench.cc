@@ -26,11 +26,7 @@ namespace {
 
 using vb::bench::median_ms;
 
-void check(const absl::Status& status, const char* what) {
-  if (status.ok()) return;
-  std::fprintf(stderr, "%s: %s\n", what, status.ToString().c_str());
-  std::exit(1);
-}
+using vb::bench::check;
 
 void check_cuda(cudaError_t error, const char* what) {
   check(vb::backends::cuda::cuda_status(error, what), what);

@@ -39,11 +39,7 @@ std::string cpu_model() {
   return "unknown cpu";
 }
 
-void check(const absl::Status& status, const char* what) {
-  if (status.ok()) return;
-  std::fprintf(stderr, "%s: %s\n", what, status.ToString().c_str());
-  std::exit(1);
-}
+using vb::bench::check;
 
 struct Size {
   int64_t batch, in, out;
@@ -86,11 +82,11 @@ int main(int argc, char** argv) {
   std::printf("empty call round trip (median): health check %.3f ms, 1x1 LinearForward %.3f ms\n\n",
               floor_health, floor_forward);
 
-  std::printf("%-22s %10s %10s %12s %12s %12s %8s %10s %8s\n", "float32 x[B,K] W[N,K]",
-              "local ms", "remote ms", "local GF/s", "remote GF/s", "remote MB/s", "remote/",
-              "http ms", "http/");
-  std::printf("%-22s %10s %10s %12s %12s %12s %8s %10s %8s\n", "", "", "", "", "", "", "local",
-              "", "local");
+  std::printf("%-22s %10s %10s %12s %12s %12s %8s %10s %8s\n", "float32 x[B,K] W[N,K]", "local ms",
+              "remote ms", "local GF/s", "remote GF/s", "remote MB/s", "remote/", "http ms",
+              "http/");
+  std::printf("%-22s %10s %10s %12s %12s %12s %8s %10s %8s\n", "", "", "", "", "", "", "local", "",
+              "local");
   for (const Size& s : sizes) {
     const at::Tensor x = at::randn({s.batch, s.in});
     const at::Tensor w = at::randn({s.out, s.in});

@@ -48,11 +48,7 @@ using vb::backends::TierStore;
 using vb::backends::TierStoreOptions;
 using vb::bench::median_ms;
 
-void check(const absl::Status& status, const char* what) {
-  if (status.ok()) return;
-  std::fprintf(stderr, "%s: %s\n", what, status.ToString().c_str());
-  std::exit(1);
-}
+using vb::bench::check;
 
 template <typename T>
 T value_or_die(absl::StatusOr<T> value, const char* what) {

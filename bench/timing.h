@@ -3,10 +3,21 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <vector>
 
+#include "absl/status/status.h"
+
 namespace vb::bench {
+
+// A benchmark cannot measure past a failed step: say which and stop.
+inline void check(const absl::Status& status, const char* what) {
+  if (status.ok()) return;
+  std::fprintf(stderr, "%s: %s\n", what, status.ToString().c_str());
+  std::exit(1);
+}
 
 // Median wall time of `run` in milliseconds over `repetitions`, after one warm-up run that
 // pays for first-touch allocation, connections and thread pools.
