@@ -36,7 +36,7 @@ class SsdTier {
   };
   struct OpenReport {
     std::vector<Recovered> files;  // whole files found, by header (data checked on read)
-    uint64_t removed = 0;          // temporary, malformed or foreign-named files deleted
+    uint64_t removed = 0;          // temporary and damaged tier files deleted (others are left)
   };
 
   // Creates the directory (0700) if needed, then removes leftovers of a crashed run and
