@@ -26,3 +26,6 @@ echo "== training through the daemon"
 echo
 echo "== vbctl stats"
 "$build/client/vbctl" --address "$address" stats
+echo
+echo "== vbctl stats tiers"
+"$build/client/vbctl" --address "$address" stats tiers
