@@ -3,7 +3,7 @@
 # VB_WITH_CUDA, run the Fp4 GPU tests, then the benchmark. Shorter than run.sh when only the
 # kernels changed.
 #
-#   device run, carry [".debs"]:  bash scripts/gpu/fp4.sh
+#   device run, carry [".debs"]:  bash scripts/gpu/fp4.sh   (VB_FP4_PROFILE=1: Nsight Compute too)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-/tmp/vb-gpu-out}
@@ -26,5 +26,14 @@ cmake --build build-gpu -j "$(nproc)" --target gpu_tests fp4_bench > "$out/build
 build-gpu/tests/gpu/gpu_tests --gtest_filter='Fp4*' 2>&1 | tee "$out/fp4-tests.log" \
   | grep -E "OK \]|FAILED|Failure|PASSED|stages" | head -40
 tests_rc=${PIPESTATUS[0]}
+if [[ "${VB_FP4_PROFILE:-0}" == 1 ]]; then
+  # Nsight Compute on one fused launch (28672 x 8192 NVFP4, batch 1: the first the quick
+  # benchmark makes after its checks), clocks left as they are.
+  ncu --clock-control none --kernel-name regex:fused_linear --launch-skip 3 --launch-count 1 \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    --section MemoryWorkloadAnalysis --section SchedulerStats \
+    build-gpu/bench/fp4_bench --quick > "$out/ncu.txt" 2>&1
+  grep -vE "^==PROF==" "$out/ncu.txt" | tail -150
+fi
 build-gpu/bench/fp4_bench 2>&1 | tee "$out/fp4-bench.txt"
 exit "$tests_rc"
