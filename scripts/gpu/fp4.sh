@@ -34,6 +34,7 @@ if [[ "${VB_FP4_PROFILE:-0}" == 1 ]]; then
     --section MemoryWorkloadAnalysis --section SchedulerStats \
     build-gpu/bench/fp4_bench --quick > "$out/ncu.txt" 2>&1
   grep -vE "^==PROF==" "$out/ncu.txt" | tail -150
+  exit "$tests_rc"
 fi
 build-gpu/bench/fp4_bench 2>&1 | tee "$out/fp4-bench.txt"
 exit "$tests_rc"
