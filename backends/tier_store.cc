@@ -654,6 +654,8 @@ TierStoreStats TierStore::stats() const {
     stats.tiers[2].tensors += entry->on_ssd ? 1 : 0;
   }
   stats.tensors = entries_.size();
+  stats.capacity_bytes = bottom_capacity();
+  stats.committed_bytes = committed_;
   const AccessPredictor::Stats order = predictor_.stats();
   stats.cycle_length = order.cycle_length;
   stats.cycle_hinted = order.hinted;

@@ -85,6 +85,9 @@ struct TierCounters {
 struct TierStoreStats {
   std::array<TierCounters, kTierCount> tiers;
   uint64_t tensors = 0;  // distinct tensors held
+  // What the store as a whole can hold (its lowest tier's budget) and has promised away.
+  uint64_t capacity_bytes = 0;
+  uint64_t committed_bytes = 0;
   uint64_t uploads = 0;
   uint64_t prefetches = 0;     // tensors brought to the device ahead of use
   uint64_t prefetch_hits = 0;  // acquires that found a prefetched tensor waiting

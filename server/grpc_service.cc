@@ -122,14 +122,8 @@ void fill_device(const backends::DeviceDescription& device, v1::DeviceInfo* out)
 }
 
 void fill_store_info(const backends::TierStoreStats& stats, v1::WeightStoreInfo* out) {
-  uint64_t capacity = 0;
-  uint64_t used = 0;
-  for (const backends::TierCounters& tier : stats.tiers) {
-    capacity += tier.budget_bytes;
-    used += tier.held_bytes;
-  }
-  out->set_capacity_bytes(capacity);
-  out->set_used_bytes(used);
+  out->set_capacity_bytes(stats.capacity_bytes);
+  out->set_used_bytes(stats.committed_bytes);
   out->set_entries(stats.tensors);
 }
 

@@ -64,10 +64,12 @@ struct MetricsEndpoint::Impl {
           .Name("vbd_inflight_calls")
           .Help("Calls being handled, including those still receiving bytes")
           .Register(*registry);
-  prometheus::Family<prometheus::Gauge>& store = prometheus::BuildGauge()
-                                                     .Name("vbd_weight_store_bytes")
-                                                     .Help("All tiers together: held and budget")
-                                                     .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& store =
+      prometheus::BuildGauge()
+          .Name("vbd_weight_store_bytes")
+          .Help(
+              "The tier store as a whole: its lowest tier's budget and what the weights take of it")
+          .Register(*registry);
   prometheus::Family<prometheus::Gauge>& tier_bytes =
       prometheus::BuildGauge()
           .Name("vbd_tier_bytes")
@@ -169,13 +171,9 @@ std::string MetricsEndpoint::render() {
   impl_->rejected.Add({}).Increment(static_cast<double>(g.queue.rejected - impl_->rejected_seen));
   impl_->rejected_seen = g.queue.rejected;
   impl_->inflight.Add({}).Set(g.inflight_calls);
-  double held = 0;
-  double budget = 0;
   for (int i = 0; i < backends::kTierCount; ++i) {
     const backends::TierCounters& c = g.store.tiers[i];
     const std::string tier = backends::tier_name(static_cast<backends::Tier>(i));
-    held += static_cast<double>(c.held_bytes);
-    budget += static_cast<double>(c.budget_bytes);
     impl_->tier_bytes.Add({{"tier", tier}, {"kind", "held"}})
         .Set(static_cast<double>(c.held_bytes));
     impl_->tier_bytes.Add({{"tier", tier}, {"kind", "budget"}})
@@ -189,8 +187,8 @@ std::string MetricsEndpoint::render() {
     impl_->advance(impl_->tier_moved, {{"tier", tier}, {"direction", "out"}},
                    static_cast<double>(c.bytes_out));
   }
-  impl_->store.Add({{"kind", "used"}}).Set(held);
-  impl_->store.Add({{"kind", "capacity"}}).Set(budget);
+  impl_->store.Add({{"kind", "used"}}).Set(static_cast<double>(g.store.committed_bytes));
+  impl_->store.Add({{"kind", "capacity"}}).Set(static_cast<double>(g.store.capacity_bytes));
   for (const backends::DeviceDescription& d : g.devices) {
     const std::string device = absl::StrCat(d.kind, ":", d.index);
     impl_->device_memory.Add({{"device", device}, {"kind", "total"}})

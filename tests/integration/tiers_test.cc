@@ -234,6 +234,11 @@ TEST(TiersTest, FullStoreAnswersResourceExhaustedAndTheClientFallsBack) {
               HasSubstr("the tier store is full: a tensor of 40000 bytes"));
   EXPECT_THAT(std::string(refused.status().message()), HasSubstr("store.device_bytes"));
   EXPECT_EQ(tier_stats(daemon).tensors(), 1u) << "the weight it held is still there";
+  // The store as a whole holds as much as its lowest tier, here the device tier.
+  absl::StatusOr<v1::GetStatsResponse> stats = client.get_stats();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->weight_store().capacity_bytes(), 65536u);
+  EXPECT_EQ(stats->weight_store().used_bytes(), 40960u) << "one 40000-byte weight in 4 KiB slots";
 }
 
 TEST(TiersTest, HintedOrderIsPrefetchedAndShownByVbctl) {
