@@ -1,8 +1,10 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_pipeline.h>
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "backends/cuda/copy_engine.h"
@@ -14,6 +16,7 @@ namespace {
 
 using backends::fp4::block_size;
 using backends::fp4::byte_scale_to_float;
+using backends::fp4::e4m3_to_float;
 using backends::fp4::element_to_float;
 using backends::fp4::has_byte_scales;
 using backends::fp4::scale_element;
@@ -256,6 +259,189 @@ __device__ __forceinline__ uint32_t load_scale(const LinearParams& p, const uint
   return h | (h << 16);
 }
 
+// One 128-wide k step of one 16-row tile: decodes the lane's 16 code bytes of rows g and g + 8
+// (c0, c1) through the per-lane table, multiplies by the block scales (`scale[row g, g + 8][k
+// half]`, 16-bit pairs) and runs the 8 MMAs of the step against each batch tile's x pairs.
+// Where lane `lane`'s copy of entry e sits in the table: word 32 e + lane, byte offset
+// 128 e + 4 lane. For byte `b` of `word` that offset is built in two instructions: a byte
+// permute puts the byte at bits 8..15 next to lane * 8 at bits 0..7, and a shift halves it.
+__device__ __forceinline__ uint32_t lut_offset(uint32_t word, int b, uint32_t lane8) {
+  return __byte_perm(word, lane8, 0x5504 | (b << 4)) >> 1;
+}
+
+template <typename T, int kBatchTiles>
+__device__ __forceinline__ void mma_row_tile(float (&acc)[kBatchTiles][4], const uint4& c0,
+                                             const uint4& c1, const uint32_t (&scale)[2][2],
+                                             const uint32_t (&xs)[kBatchTiles][16],
+                                             const uint32_t* lut, uint32_t lane8) {
+  const char* table = reinterpret_cast<const char*>(lut);
+  auto decode = [table, lane8](uint32_t word, int b) {
+    return *reinterpret_cast<const uint32_t*>(table + lut_offset(word, b, lane8));
+  };
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const uint32_t w0 = (&c0.x)[j / 2];  // row g: bytes 2j, 2j + 1 of the 16
+    const uint32_t w1 = (&c1.x)[j / 2];  // row g + 8
+    const int b = 2 * (j % 2);           // their index in the word
+    const int half = j / 4;              // bytes 0..7 are k 0..15, 8..15 are k 16..31
+    uint32_t a[4];
+    a[0] = Half<T>::mul2(decode(w0, b), scale[0][half]);
+    a[1] = Half<T>::mul2(decode(w1, b), scale[1][half]);
+    a[2] = Half<T>::mul2(decode(w0, b + 1), scale[0][half]);
+    a[3] = Half<T>::mul2(decode(w1, b + 1), scale[1][half]);
+#pragma unroll
+    for (int bt = 0; bt < kBatchTiles; ++bt) {
+      Half<T>::mma(acc[bt], a, xs[bt][2 * j], xs[bt][2 * j + 1]);
+    }
+  }
+}
+
+// NVFP4 with bf16 activations, decoded with bit operations instead of the table (the staged
+// kernel's shared-memory pipe was its busiest unit: one table load per two weights). An E2M1
+// nibble s e1 e0 m moved to bf16 bits 15 (s) and 8..6 (e1 e0 m) reads as its value times
+// 2^-126 (e1 e0 = 0 is the subnormal 0.5 * 2^-126 for m = 1), and nibbles i and i + 4 of a
+// word sit 16 bits apart, so one mask-and-shift decodes both halves of a register. The block
+// scale is taken from a table holding e4m3 * 2^119 (all finite, normal bf16), so each product
+// is the exact weight times 2^-7, a normal bf16; the 2^7 is given back in float32 at the end.
+constexpr float kE2m1ScaleBias = 0x1p119f;
+constexpr float kE2m1OutputBias = 0x1p7f;
+
+__device__ __forceinline__ uint32_t e2m1_bits(uint32_t shifted_word) {
+  // Nibbles 3 and 7 of the (shifted) word: sign bits 15 and 31, magnitudes at 6..8 and 22..24.
+  return (shifted_word & 0x80008000u) | ((shifted_word & 0x70007000u) >> 6);
+}
+
+// x pairs in the element order of e2m1_bits: for word w of the lane's 32 k, MMA u (0, 1) takes
+// elements (3 - 2u, 7 - 2u) as its first pair and (2 - 2u, 6 - 2u) as its second. `xs` holds
+// x[kt + 2q], x[kt + 2q + 1] in xs[q]; the result holds MMA (w, u)'s pairs at 4 w + 2 u + v.
+template <int kBatchTiles>
+__device__ __forceinline__ void permute_x_for_e2m1(uint32_t (&xs)[kBatchTiles][16]) {
+#pragma unroll
+  for (int bt = 0; bt < kBatchTiles; ++bt) {
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      const uint32_t q0 = xs[bt][4 * w], q1 = xs[bt][4 * w + 1];
+      const uint32_t q2 = xs[bt][4 * w + 2], q3 = xs[bt][4 * w + 3];
+      xs[bt][4 * w] = __byte_perm(q1, q3, 0x7632);      // elements 3, 7
+      xs[bt][4 * w + 1] = __byte_perm(q1, q3, 0x5410);  // 2, 6
+      xs[bt][4 * w + 2] = __byte_perm(q0, q2, 0x7632);  // 1, 5
+      xs[bt][4 * w + 3] = __byte_perm(q0, q2, 0x5410);  // 0, 4
+    }
+  }
+}
+
+template <int kBatchTiles>
+__device__ __forceinline__ void mma_row_tile_e2m1(float (&acc)[kBatchTiles][4], const uint4& c0,
+                                                  const uint4& c1, const uint32_t (&scale)[2][2],
+                                                  const uint32_t (&xp)[kBatchTiles][16]) {
+  using H = Half<__nv_bfloat16>;
+#pragma unroll
+  for (int w = 0; w < 4; ++w) {
+    const uint32_t q0 = (&c0.x)[w];  // row g
+    const uint32_t q1 = (&c1.x)[w];  // row g + 8
+    const int half = w / 2;          // words 0, 1 are k 0..15 (one block), 2, 3 the next
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      uint32_t a[4];
+      a[0] = H::mul2(e2m1_bits(q0 << (8 * u)), scale[0][half]);
+      a[1] = H::mul2(e2m1_bits(q1 << (8 * u)), scale[1][half]);
+      a[2] = H::mul2(e2m1_bits(q0 << (8 * u + 4)), scale[0][half]);
+      a[3] = H::mul2(e2m1_bits(q1 << (8 * u + 4)), scale[1][half]);
+#pragma unroll
+      for (int bt = 0; bt < kBatchTiles; ++bt) {
+        H::mma(acc[bt], a, xp[bt][4 * w + 2 * u], xp[bt][4 * w + 2 * u + 1]);
+      }
+    }
+  }
+}
+
+// Fills the per-lane decode table (byte -> element of the low nibble, element of the high
+// nibble, 16 bits each; lane i's copy of entry b at word 32 b + i) and the byte-scale table.
+template <typename T>
+__device__ __forceinline__ void build_tables(Format format, uint32_t* lut, uint32_t* scale_lut) {
+  // Each entry is computed once and stored to its 32 copies, thread e starting at copy e so
+  // that a warp's stores fall in 32 different banks.
+  for (int e = threadIdx.x; e < 256; e += blockDim.x) {
+    const uint32_t value = Half<T>::bits(element_to_float(format, e & 15u)) |
+                           (Half<T>::bits(element_to_float(format, e >> 4)) << 16);
+#pragma unroll 8
+    for (int copy = 0; copy < 32; ++copy) lut[(e << 5) | ((copy + e) & 31)] = value;
+  }
+  if (has_byte_scales(format)) {
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) {
+      const uint32_t h = Half<T>::bits(byte_scale_to_float(format, i));
+      scale_lut[i] = h | (h << 16);
+    }
+  }
+}
+
+// x[b][kt .. kt + 31] of batch tile bt's row b = g + 8 bt as 16 pairs, zero past batch or k.
+template <typename T, int kBatchTiles>
+__device__ __forceinline__ void load_x(const LinearParams& p, int64_t kt, int g,
+                                       uint32_t (&xs)[kBatchTiles][16]) {
+  const T* x = static_cast<const T*>(p.x);
+#pragma unroll
+  for (int bt = 0; bt < kBatchTiles; ++bt) {
+    const int b = g + 8 * bt;
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (b < p.batch && kt + 8 * c + 8 <= p.k) {
+        v = __ldg(reinterpret_cast<const uint4*>(x + b * p.k + kt + 8 * c));
+      }
+      xs[bt][4 * c] = v.x;
+      xs[bt][4 * c + 1] = v.y;
+      xs[bt][4 * c + 2] = v.z;
+      xs[bt][4 * c + 3] = v.w;
+    }
+  }
+}
+
+// The split-K sum of a block: every warp's accumulators go to shared memory (`partial`,
+// warps x 16 kRowTiles x 8 kBatchTiles floats, which may alias the decode table: the caller
+// has synchronized), then the block adds them per output in warp order (so the result does
+// not depend on timing), applies the tensor scale and the bias, and writes y. Bias and y move as
+// whole 16-bit words (one ld/st.global.u16 each): a 2-byte memcpy here became two single-byte
+// accesses per element, and on the GPU the output's low byte came back as 0.
+template <typename T, int kRowTiles, int kBatchTiles>
+__device__ __forceinline__ void reduce_and_store(const LinearParams& p,
+                                                 const float (&acc)[kRowTiles][kBatchTiles][4],
+                                                 float* partial, int64_t row0) {
+  constexpr int kRows = 16 * kRowTiles;
+  constexpr int kCols = 8 * kBatchTiles;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int warps = blockDim.x >> 5;
+  const int g = lane >> 2;
+  const int t = lane & 3;
+#pragma unroll
+  for (int r = 0; r < kRowTiles; ++r)
+#pragma unroll
+    for (int bt = 0; bt < kBatchTiles; ++bt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int row = 16 * r + g + 8 * (i / 2);
+        const int b = 8 * bt + 2 * t + (i % 2);
+        partial[(warp * kRows + row) * kCols + b] = acc[r][bt][i];
+      }
+  __syncthreads();
+  const uint16_t* bias = static_cast<const uint16_t*>(p.bias);
+  uint16_t* y = static_cast<uint16_t*>(p.y);
+  for (int i = threadIdx.x; i < kRows * kCols; i += blockDim.x) {
+    const int b = i / kRows;
+    const int row = i % kRows;
+    const int64_t n = row0 + row;
+    if (b >= p.batch || n >= p.n) continue;
+    float sum = 0.0f;
+    for (int w = 0; w < warps; ++w) sum += partial[(w * kRows + row) * kCols + b];
+    sum *= p.tensor_scale;
+    if (bias != nullptr) sum += Half<T>::to_float(bias[n]);
+    y[b * p.n + n] = static_cast<uint16_t>(Half<T>::bits(sum));
+  }
+}
+
+// The general kernel (any k that is a multiple of 16): each step's codes, scales and x are
+// loaded into registers and used at once.
 template <typename T, int kBatchTiles>
 __global__ void __launch_bounds__(kMaxWarps * 32, kBatchTiles == 1 ? 4 : 2)
     fused_linear_kernel(LinearParams p) {
@@ -263,22 +449,11 @@ __global__ void __launch_bounds__(kMaxWarps * 32, kBatchTiles == 1 ? 4 : 2)
   constexpr int kRows = 16 * kRowTiles;
   __shared__ uint32_t lut[kLutWords];
   __shared__ uint32_t scale_lut[256];
+  static_assert(kMaxWarps * kRows * 16 <= kLutWords, "partial sums must fit the table");
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int warps = blockDim.x >> 5;
-
-  // Byte -> (element of the low nibble, element of the high nibble), 16 bits each.
-  for (int i = threadIdx.x; i < kLutWords; i += blockDim.x) {
-    const uint32_t byte = i >> 5;
-    lut[i] = Half<T>::bits(element_to_float(p.format, byte & 15u)) |
-             (Half<T>::bits(element_to_float(p.format, byte >> 4)) << 16);
-  }
-  if (has_byte_scales(p.format)) {
-    for (int i = threadIdx.x; i < 256; i += blockDim.x) {
-      const uint32_t h = Half<T>::bits(byte_scale_to_float(p.format, i));
-      scale_lut[i] = h | (h << 16);
-    }
-  }
+  build_tables<T>(p.format, lut, scale_lut);
   __syncthreads();
 
   const int g = lane >> 2;
@@ -287,16 +462,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, kBatchTiles == 1 ? 4 : 2)
   const int block_shift = p.format == Format::kNvfp4 ? 4 : p.format == Format::kMxfp4 ? 5 : 6;
   const bool aligned16 = p.k % 32 == 0;
   const int64_t steps = (p.k + kStepK - 1) / kStepK;
-  const T* x = static_cast<const T*>(p.x);
 
-  float acc[kRowTiles][kBatchTiles][4];
-#pragma unroll
-  for (int r = 0; r < kRowTiles; ++r)
-#pragma unroll
-    for (int b = 0; b < kBatchTiles; ++b)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[r][b][i] = 0.0f;
-
+  float acc[kRowTiles][kBatchTiles][4] = {};
   for (int64_t step = warp; step < steps; step += warps) {
     const int64_t kt = step * kStepK + 32 * t;  // this lane's 32 k
     uint4 codes[kRowTiles][2];
@@ -306,21 +473,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, kBatchTiles == 1 ? 4 : 2)
       codes[r][1] = load_codes(p, row0 + 16 * r + g + 8, kt, aligned16);
     }
     uint32_t xs[kBatchTiles][16];  // x[b][kt + 2q], x[b][kt + 2q + 1] in xs[.][q]
-#pragma unroll
-    for (int bt = 0; bt < kBatchTiles; ++bt) {
-      const int b = g + 8 * bt;
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (b < p.batch && kt + 8 * c + 8 <= p.k) {
-          v = __ldg(reinterpret_cast<const uint4*>(x + b * p.k + kt + 8 * c));
-        }
-        xs[bt][4 * c] = v.x;
-        xs[bt][4 * c + 1] = v.y;
-        xs[bt][4 * c + 2] = v.z;
-        xs[bt][4 * c + 3] = v.w;
-      }
-    }
+    load_x<T, kBatchTiles>(p, kt, g, xs);
     uint32_t scales[kRowTiles][2][2];  // [tile][row g, g + 8][k half]
 #pragma unroll
     for (int r = 0; r < kRowTiles; ++r)
@@ -330,60 +483,337 @@ __global__ void __launch_bounds__(kMaxWarps * 32, kBatchTiles == 1 ? 4 : 2)
         for (int half = 0; half < 2; ++half)
           scales[r][h][half] =
               load_scale<T>(p, scale_lut, row0 + 16 * r + g + 8 * h, kt + 16 * half, block_shift);
-
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const int word = j / 2;          // codes word holding bytes 2j, 2j + 1
-      const int shift = 16 * (j % 2);  // bit offset of byte 2j in that word
-      const int half = j / 4;          // bytes 0..7 are k 0..15, 8..15 are k 16..31
-#pragma unroll
-      for (int r = 0; r < kRowTiles; ++r) {
-        const uint32_t w0 = (&codes[r][0].x)[word] >> shift;  // row g
-        const uint32_t w1 = (&codes[r][1].x)[word] >> shift;  // row g + 8
-        uint32_t a[4];
-        a[0] = Half<T>::mul2(lut[((w0 & 0xFF) << 5) | lane], scales[r][0][half]);
-        a[1] = Half<T>::mul2(lut[((w1 & 0xFF) << 5) | lane], scales[r][1][half]);
-        a[2] = Half<T>::mul2(lut[(((w0 >> 8) & 0xFF) << 5) | lane], scales[r][0][half]);
-        a[3] = Half<T>::mul2(lut[(((w1 >> 8) & 0xFF) << 5) | lane], scales[r][1][half]);
-#pragma unroll
-        for (int bt = 0; bt < kBatchTiles; ++bt) {
-          Half<T>::mma(acc[r][bt], a, xs[bt][2 * j], xs[bt][2 * j + 1]);
-        }
-      }
+    for (int r = 0; r < kRowTiles; ++r) {
+      mma_row_tile<T, kBatchTiles>(acc[r], codes[r][0], codes[r][1], scales[r], xs, lut, lane * 8);
     }
   }
+  __syncthreads();  // the table's space becomes the partial sums
+  reduce_and_store<T, kRowTiles, kBatchTiles>(p, acc, reinterpret_cast<float*>(lut), row0);
+}
 
-  // Split-K reduction through shared memory (the lookup table's space).
-  __syncthreads();
-  float* partial = reinterpret_cast<float*>(lut);  // [warp][row in block][batch 16]
-  static_assert(kMaxWarps * kRows * 16 <= kLutWords, "partial sums must fit the table");
+// ---------------------------------------------------------------------------------------
+// The staged kernel (k a multiple of 128, codes 16-byte and scales 8-byte aligned). A
+// persistent grid (as many blocks as fit the SMs at once) walks the row groups of 16
+// kRowTiles rows: block b takes groups b, b + grid, ... and its warps split each group's k
+// as in the register kernel, adding their partial sums through shared memory after each
+// group. Each warp copies the codes, scales and x of its next kStages - 1 steps into its own
+// ring of shared-memory stages with cp.async (__pipeline_memcpy_async) while it computes the
+// current one; the ring runs on across groups. Codes are copied and read by the same lane;
+// scales and x are copied by some lanes and read by others, hence a __syncwarp after the
+// wait, and another before a consumed stage is refilled.
+//
+// How it got here (H200, 28672 x 8192 NVFP4, batch 1; docs/fp4.md has the numbers): staging
+// alone took the register kernel's 84 us to 62 us; a first staged loop issued ~460
+// instructions per warp and step, and trimming it (the scale encoding as a template
+// parameter, sources advanced by constants, a table lookup as byte permute + shift-add +
+// shared load) took it to 58 us. The persistent grid, deeper rings, twice the warps, staging
+// x, one contiguous k range per warp and decoding E2M1 with bit operations each measured
+// within a few percent of that; what remains is latency with ~4 warps per scheduler (Nsight
+// Compute: 0.56 instructions issued per cycle, stalls spread over fixed-latency, shared and
+// global dependencies).
+
+enum class ScaleKind { kE4m3Per16, kE8m0Per32, kFloatPer64 };
+
+ScaleKind scale_kind(Format format) {
+  return format == Format::kNvfp4   ? ScaleKind::kE4m3Per16
+         : format == Format::kMxfp4 ? ScaleKind::kE8m0Per32
+                                    : ScaleKind::kFloatPer64;
+}
+
+// Bytes of one row's scales in one 128-wide step.
+__host__ __device__ constexpr int scale_step_bytes(ScaleKind kind) {
+  return kind == ScaleKind::kE8m0Per32 ? 4 : 8;
+}
+
+constexpr int kStagedMaxWarps = 16;
+constexpr int kTableBytes = (kLutWords + 256) * 4;
+// The bit-decoding kernel keeps only the scale table, one copy per lane (conflict-free).
+constexpr int kBitsTableBytes = 256 * 32 * 4;
+
+// Table bytes, then the split-K partial sums (warps x rows x batch columns floats), then each
+// warp's ring of stages (codes [tile][row][t] 16 bytes, scales [tile][row] 8 bytes, then the
+// step's x: [batch row][128] 16-bit values).
+size_t staged_smem_bytes(bool bits, int batch, int row_tiles, int stages, int warps) {
+  const int batch_tiles = batch <= 8 ? 1 : 2;
+  const size_t stage_bytes = row_tiles * (16 * 64 + 16 * 8) + batch * kStepK * 2;
+  const size_t partial_bytes = size_t{4} * warps * 16 * row_tiles * 8 * batch_tiles;
+  return (bits ? kBitsTableBytes : kTableBytes) + partial_bytes + warps * stages * stage_bytes;
+}
+
+// One 16-row tile up to 8 batch rows fits 64 registers, so two 16-warp blocks share an SM.
+__host__ __device__ constexpr int staged_min_blocks(int batch_tiles, int row_tiles) {
+  return batch_tiles == 1 && row_tiles == 1 ? 2 : 1;
+}
+
+// kBits: NVFP4 with bf16 activations through mma_row_tile_e2m1 (no element table).
+template <typename T, ScaleKind kScale, int kBatchTiles, int kRowTiles, int kStages, bool kBits>
+__global__ void __launch_bounds__(kStagedMaxWarps * 32, staged_min_blocks(kBatchTiles, kRowTiles))
+    staged_linear_kernel(LinearParams p) {
+  static_assert(!kBits || (kScale == ScaleKind::kE4m3Per16 && std::is_same_v<T, __nv_bfloat16>),
+                "bit decoding is for NVFP4 with bf16 activations");
+  constexpr int kRows = 16 * kRowTiles;
+  constexpr int kCodeBytes = kRowTiles * 16 * 64;
+  constexpr int kScaleBytes = kRowTiles * 16 * 8;
+  constexpr int kXRows = 8 * kBatchTiles;
+  // A stage holds the x rows of the batch only (256 bytes each).
+  const int stage_bytes = kCodeBytes + kScaleBytes + p.batch * kStepK * 2;
+  constexpr int kScaleStep = scale_step_bytes(kScale);
+  constexpr int kTables = kBits ? kBitsTableBytes : kTableBytes;
+  extern __shared__ __align__(16) uint8_t smem[];
+  uint32_t* lut = reinterpret_cast<uint32_t*>(smem);  // kBits: the per-lane scale table
+  uint32_t* scale_lut = lut + kLutWords;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int warps = blockDim.x >> 5;
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  float* partial = reinterpret_cast<float*>(smem + kTables);
+  uint8_t* const ring =
+      smem + kTables + warps * kRows * 8 * kBatchTiles * 4 + warp * kStages * stage_bytes;
+
+  const int64_t groups = (p.n + kRows - 1) / kRows;
+  const int64_t group_stride = int64_t{gridDim.x} * kRows;  // rows from one group to the next
+  const int my_groups =
+      blockIdx.x < groups ? static_cast<int>((groups - 1 - blockIdx.x) / gridDim.x) + 1 : 0;
+  const int steps = static_cast<int>(p.k / kStepK);
+  // The warp's steps: warp, warp + warps, ... (one contiguous range of k per warp measured no
+  // different on the H200).
+  const int my_steps = warp < steps ? (steps - warp + warps - 1) / warps : 0;
+  const int first_step = warp;
+  const int step_stride = warps;
+  const int64_t row_bytes = p.k / 2;
+  const int64_t scale_row_bytes = p.k / kStepK * kScaleStep;
+
+  // The copy side: the warp's steps of each of its groups in order, as one sequence. Sources
+  // are set at a group's first step and advanced by `warps` steps per copy; rows past n read
+  // row n - 1 instead (their sums are never stored).
+  int issue_left = my_groups * my_steps;
+  int issue_step = 0;
+  int64_t issue_row0 = int64_t{blockIdx.x} * kRows;
+  int write_slot = 0;
+  const uint8_t* code_src[kRowTiles][2];
+  const uint8_t* scale_src[kRowTiles];
+  const T* x_copy_src = nullptr;  // this lane's x chunk in batch row lane / 16
+  auto issue = [&]() {
+    if (issue_left > 0) {
+      if (issue_step == 0) {
+        x_copy_src =
+            static_cast<const T*>(p.x) + (lane / 16) * p.k + first_step * kStepK + (lane % 16) * 8;
+        auto row = [&](int r) { return issue_row0 + r < p.n ? issue_row0 + r : p.n - 1; };
 #pragma unroll
-  for (int r = 0; r < kRowTiles; ++r)
+        for (int r = 0; r < kRowTiles; ++r) {
 #pragma unroll
-    for (int bt = 0; bt < kBatchTiles; ++bt)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int row = 16 * r + g + 8 * (i / 2);
-        const int b = 8 * bt + 2 * t + (i % 2);
-        partial[(warp * kRows + row) * 16 + b] = acc[r][bt][i];
+          for (int h = 0; h < 2; ++h)
+            code_src[r][h] =
+                p.codes + row(16 * r + g + 8 * h) * row_bytes + first_step * 64 + 16 * t;
+          scale_src[r] = static_cast<const uint8_t*>(p.scales) +
+                         row(16 * r + (lane & 15)) * scale_row_bytes + first_step * kScaleStep;
+        }
       }
-  __syncthreads();
-  // Bias and y move as whole 16-bit words (one ld/st.global.u16 each): a 2-byte memcpy here
-  // became two single-byte accesses per element, and on the GPU the output's low byte came
-  // back as 0 (y kept only sign, exponent and the top mantissa bits).
-  const uint16_t* bias = static_cast<const uint16_t*>(p.bias);
-  uint16_t* y = static_cast<uint16_t*>(p.y);
-  for (int i = threadIdx.x; i < kRows * 16; i += blockDim.x) {
-    const int b = i / kRows;
-    const int row = i % kRows;
-    const int64_t n = row0 + row;
-    if (b >= p.batch || n >= p.n) continue;
-    float sum = 0.0f;
-    for (int w = 0; w < warps; ++w) sum += partial[(w * kRows + row) * 16 + b];
-    sum *= p.tensor_scale;
-    if (bias != nullptr) sum += Half<T>::to_float(bias[n]);
-    y[b * p.n + n] = static_cast<uint16_t>(Half<T>::bits(sum));
+      uint8_t* stage = ring + write_slot * stage_bytes;
+#pragma unroll
+      for (int r = 0; r < kRowTiles; ++r) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          // Row g + 8 h of tile r, chunk t, at (row * 4 + t) * 16 = 1024 r + 512 h + 16 lane.
+          __pipeline_memcpy_async(stage + 1024 * r + 512 * h + 16 * lane, code_src[r][h], 16);
+          code_src[r][h] += 64 * step_stride;
+        }
+        if (lane < 16) {
+          __pipeline_memcpy_async(stage + kCodeBytes + (16 * r + lane) * 8, scale_src[r],
+                                  kScaleStep);
+        }
+        scale_src[r] += kScaleStep * step_stride;
+      }
+      // x of the step (batch rows below p.batch): row b's 256 bytes as 16 chunks of 16.
+#pragma unroll
+      for (int j = 0; j < kXRows / 2; ++j) {
+        if (lane / 16 + 2 * j < p.batch) {  // batch row lane / 16 + 2 j, 8 elements lane % 16
+          __pipeline_memcpy_async(stage + kCodeBytes + kScaleBytes + (lane + 32 * j) * 16,
+                                  x_copy_src + 2 * j * p.k, 16);
+        }
+      }
+      x_copy_src += step_stride * kStepK;
+      write_slot = write_slot + 1 == kStages ? 0 : write_slot + 1;
+      --issue_left;
+      if (++issue_step == my_steps) {
+        issue_step = 0;
+        issue_row0 += group_stride;
+      }
+    }
+    __pipeline_commit();  // empty past the last step, so the wait below counts uniformly
+  };
+
+  // The first stages are requested before the tables are built, so their latency overlaps.
+#pragma unroll
+  for (int i = 0; i < kStages - 1; ++i) issue();
+  if constexpr (kBits) {
+    for (int e = threadIdx.x; e < 256; e += blockDim.x) {
+      const uint32_t h = Half<T>::bits(e4m3_to_float(e) * kE2m1ScaleBias);
+      const uint32_t value = h | (h << 16);
+#pragma unroll 8
+      for (int copy = 0; copy < 32; ++copy) lut[(e << 5) | ((copy + e) & 31)] = value;
+    }
+    p.tensor_scale *= kE2m1OutputBias;
+  } else {
+    build_tables<T>(p.format, lut, scale_lut);
   }
+  __syncthreads();
+
+  bool x_live[kBatchTiles];
+#pragma unroll
+  for (int bt = 0; bt < kBatchTiles; ++bt) x_live[bt] = g + 8 * bt < p.batch;
+  int read_slot = 0;
+  for (int group = 0; group < my_groups; ++group) {
+    const int64_t row0 = int64_t{blockIdx.x} * kRows + group * group_stride;
+    float acc[kRowTiles][kBatchTiles][4] = {};
+    for (int i = 0; i < my_steps; ++i) {
+      issue();
+      __pipeline_wait_prior(kStages - 1);  // this lane's copies of this step have landed
+      __syncwarp();                        // and so have the other lanes' (scales, x)
+      const uint8_t* stage = ring + read_slot * stage_bytes;
+      uint32_t xs[kBatchTiles][16];  // x[b][kt + 2q], x[b][kt + 2q + 1] in xs[.][q]
+#pragma unroll
+      for (int bt = 0; bt < kBatchTiles; ++bt) {
+        const uint4* row_x =
+            reinterpret_cast<const uint4*>(stage + kCodeBytes + kScaleBytes) + (g + 8 * bt) * 16;
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const uint4 v = x_live[bt] ? row_x[4 * t + c] : make_uint4(0, 0, 0, 0);
+          xs[bt][4 * c] = v.x;
+          xs[bt][4 * c + 1] = v.y;
+          xs[bt][4 * c + 2] = v.z;
+          xs[bt][4 * c + 3] = v.w;
+        }
+      }
+      if constexpr (kBits) permute_x_for_e2m1<kBatchTiles>(xs);
+#pragma unroll
+      for (int r = 0; r < kRowTiles; ++r) {
+        const uint4 c0 = *reinterpret_cast<const uint4*>(stage + 1024 * r + 16 * lane);
+        const uint4 c1 = *reinterpret_cast<const uint4*>(stage + 1024 * r + 512 + 16 * lane);
+        uint32_t scale[2][2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const uint8_t* row_scales = stage + kCodeBytes + (16 * r + g + 8 * h) * 8;
+          if constexpr (kBits) {  // the per-lane scale table, as the element table is read
+            const uint32_t pair = *reinterpret_cast<const uint16_t*>(row_scales + 2 * t);
+            const char* table = reinterpret_cast<const char*>(lut);
+            scale[h][0] = *reinterpret_cast<const uint32_t*>(table + lut_offset(pair, 0, lane * 8));
+            scale[h][1] = *reinterpret_cast<const uint32_t*>(table + lut_offset(pair, 1, lane * 8));
+          } else if constexpr (kScale == ScaleKind::kE4m3Per16) {  // bytes 2t, 2t + 1
+            const uint32_t pair = *reinterpret_cast<const uint16_t*>(row_scales + 2 * t);
+            scale[h][0] = scale_lut[pair & 0xFF];
+            scale[h][1] = scale_lut[pair >> 8];
+          } else if constexpr (kScale == ScaleKind::kE8m0Per32) {  // byte t
+            scale[h][0] = scale[h][1] = scale_lut[row_scales[t]];
+          } else {  // float t / 2
+            const uint32_t bits = Half<T>::bits(reinterpret_cast<const float*>(row_scales)[t >> 1]);
+            scale[h][0] = scale[h][1] = bits | (bits << 16);
+          }
+        }
+        if constexpr (kBits) {
+          mma_row_tile_e2m1<kBatchTiles>(acc[r], c0, c1, scale, xs);
+        } else {
+          mma_row_tile<T, kBatchTiles>(acc[r], c0, c1, scale, xs, lut, lane * 8);
+        }
+      }
+      __syncwarp();  // every lane is done with this stage before it is refilled
+      read_slot = read_slot + 1 == kStages ? 0 : read_slot + 1;
+    }
+    reduce_and_store<T, kRowTiles, kBatchTiles>(p, acc, partial, row0);
+    __syncthreads();  // the partial sums are read before the next group writes them
+  }
+  __pipeline_wait_prior(0);
+}
+
+constexpr const char* kStagedVariants =
+    "built: (row_tiles, pipeline_stages) = (1, 2), (1, 3), (2, 2), (2, 4) up to batch 8; (2, 2), "
+    "(2, 3), (4, 2) above";
+
+// Whether the staged kernel can take this weight (see its comment).
+bool staged_applies(const LinearParams& p) {
+  return p.k % kStepK == 0 && reinterpret_cast<uintptr_t>(p.codes) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(p.scales) % 8 == 0;
+}
+
+template <typename T, ScaleKind kScale, int kBatchTiles, int kRowTiles, int kStages, bool kBits>
+absl::Status launch_staged(const LinearParams& p, int warps, int max_blocks, cudaStream_t stream) {
+  auto* kernel = staged_linear_kernel<T, kScale, kBatchTiles, kRowTiles, kStages, kBits>;
+  const size_t smem = staged_smem_bytes(kBits, p.batch, kRowTiles, kStages, warps);
+  int device = 0, sms = 0, smem_limit = 0, per_sm = 0;
+  VB_RETURN_IF_ERROR(cuda_status(cudaGetDevice(&device), "cudaGetDevice"));
+  VB_RETURN_IF_ERROR(cuda_status(
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "SM count"));
+  VB_RETURN_IF_ERROR(cuda_status(
+      cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+      "shared memory limit"));
+  if (smem > static_cast<size_t>(smem_limit)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("fp4_linear: row_tiles = ", kRowTiles, ", pipeline_stages = ", kStages,
+                     ", warps_per_block = ", warps, " need ", smem,
+                     " bytes of shared memory a block; the GPU ", "allows ", smem_limit));
+  }
+  VB_RETURN_IF_ERROR(
+      cuda_status(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+                  "cudaFuncSetAttribute"));
+  VB_RETURN_IF_ERROR(
+      cuda_status(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, warps * 32, smem),
+                  "cudaOccupancyMaxActiveBlocksPerMultiprocessor"));
+  if (per_sm == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("fp4_linear: row_tiles = ", kRowTiles, ", pipeline_stages = ", kStages,
+                     ", warps_per_block = ", warps, ": a block does not fit an SM"));
+  }
+  const int64_t groups = (p.n + 16 * kRowTiles - 1) / (16 * kRowTiles);
+  int64_t grid = std::min<int64_t>(groups, int64_t{sms} * per_sm);
+  if (max_blocks > 0) grid = std::min<int64_t>(grid, max_blocks);
+  kernel<<<static_cast<int>(grid), warps * 32, smem, stream>>>(p);
+  return absl::OkStatus();
+}
+
+template <typename T, ScaleKind kScale>
+absl::Status launch_staged(const LinearParams& p, int warps, int row_tiles, int stages, bool bits,
+                           int max_blocks, cudaStream_t stream) {
+  const int batch_tiles = p.batch <= 8 ? 1 : 2;
+  // NVFP4 with bf16 activations decodes with bit operations unless asked not to.
+  constexpr bool kBitsBuilt = kScale == ScaleKind::kE4m3Per16 && std::is_same_v<T, __nv_bfloat16>;
+#define VB_STAGED(BT, R, S)                                                                \
+  if (batch_tiles == BT && row_tiles == R && stages == S) {                                \
+    if (kBitsBuilt && bits) {                                                              \
+      return launch_staged<T, kScale, BT, R, S, kBitsBuilt>(p, warps, max_blocks, stream); \
+    }                                                                                      \
+    return launch_staged<T, kScale, BT, R, S, false>(p, warps, max_blocks, stream);        \
+  }
+  VB_STAGED(1, 1, 2)
+  VB_STAGED(1, 1, 3)
+  VB_STAGED(1, 2, 2)
+  VB_STAGED(1, 2, 4)
+  VB_STAGED(2, 2, 2)
+  VB_STAGED(2, 2, 3)
+  VB_STAGED(2, 4, 2)
+#undef VB_STAGED
+  return absl::InvalidArgumentError(absl::StrCat(
+      "fp4_linear: no staged kernel for batch ", p.batch, " with row_tiles = ", row_tiles,
+      " and pipeline_stages = ", stages, " (", kStagedVariants, ")"));
+}
+
+// The staged variants built, as (batch tiles, row tiles, stages), for each scale encoding.
+template <typename T>
+absl::Status launch_staged(const LinearParams& p, int warps, int row_tiles, int stages, bool bits,
+                           int max_blocks, cudaStream_t stream) {
+  switch (scale_kind(p.format)) {
+    case ScaleKind::kE4m3Per16:
+      return launch_staged<T, ScaleKind::kE4m3Per16>(p, warps, row_tiles, stages, bits, max_blocks,
+                                                     stream);
+    case ScaleKind::kE8m0Per32:
+      return launch_staged<T, ScaleKind::kE8m0Per32>(p, warps, row_tiles, stages, false, max_blocks,
+                                                     stream);
+    case ScaleKind::kFloatPer64:
+      break;
+  }
+  return launch_staged<T, ScaleKind::kFloatPer64>(p, warps, row_tiles, stages, false, max_blocks,
+                                                  stream);
 }
 
 template <typename T>
@@ -448,10 +878,11 @@ absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t b
                                                    kFusedMaxBatch,
                                                    " (dequantize_to_bf16 and a GEMM above)"));
   }
-  const int warps = options.warps_per_block;
-  if (warps != 1 && warps != 2 && warps != 4 && warps != 8) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(kWhat, ": warps_per_block = ", warps, ": expected 1, 2, 4 or 8"));
+  const int asked_warps = options.warps_per_block;
+  if (asked_warps != 0 && asked_warps != 1 && asked_warps != 2 && asked_warps != 4 &&
+      asked_warps != 8 && asked_warps != 16) {
+    return absl::InvalidArgumentError(absl::StrCat(kWhat, ": warps_per_block = ", asked_warps,
+                                                   ": expected 0 (chosen), 1, 2, 4, 8 or 16"));
   }
   if (batch == 0 || weight.n == 0) return absl::OkStatus();
   if (x == nullptr || y == nullptr) {
@@ -478,11 +909,33 @@ absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t b
   if ((weight.n + 15) / 16 > 0x7FFFFFFF) {
     return absl::InvalidArgumentError(absl::StrCat(kWhat, ": n = ", weight.n, " is too large"));
   }
-  if (type == Activation::kBf16) {
-    launch_fused<__nv_bfloat16>(p, warps * 32, stream);
-  } else {
-    launch_fused<__half>(p, warps * 32, stream);
+  // The defaults, as measured on the H200 (docs/fp4.md): the staged kernel wherever it applies.
+  int stages = options.pipeline_stages;
+  if (stages < 0) stages = staged_applies(p) ? 2 : 0;
+  const int row_tiles = options.row_tiles != 0 ? options.row_tiles : 2;
+  const int warps = asked_warps != 0 ? asked_warps : stages > 0 && batch > 8 ? 4 : 8;
+  if (stages > 0 && !staged_applies(p)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kWhat, ": pipeline_stages = ", stages, " needs k a multiple of ", kStepK,
+                     ", codes 16-byte and scales 8-byte aligned; got k = ", weight.k));
   }
+  if (stages == 0 && warps > kMaxWarps) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kWhat, ": warps_per_block = ", warps, ": the register kernel takes at most ", kMaxWarps));
+  }
+  if (stages == 0) {
+    if (type == Activation::kBf16) {
+      launch_fused<__nv_bfloat16>(p, warps * 32, stream);
+    } else {
+      launch_fused<__half>(p, warps * 32, stream);
+    }
+    return launch_status(kWhat);
+  }
+  VB_RETURN_IF_ERROR(
+      type == Activation::kBf16
+          ? launch_staged<__nv_bfloat16>(p, warps, row_tiles, stages, options.bit_decode,
+                                         options.max_blocks, stream)
+          : launch_staged<__half>(p, warps, row_tiles, stages, false, options.max_blocks, stream));
   return launch_status(kWhat);
 }
 

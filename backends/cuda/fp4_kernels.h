@@ -71,8 +71,21 @@ absl::Status dequantize_to_float(const DeviceWeightView& weight, float* out, cud
 // out: n * k bfloat16 as raw bits (16-byte aligned), on `stream`.
 absl::Status dequantize_to_bf16(const DeviceWeightView& weight, uint16_t* out, cudaStream_t stream);
 
+// Which kernel fp4_linear runs and its shape; the defaults are the measured best (docs/fp4.md).
 struct LinearOptions {
-  int warps_per_block = 8;  // split-K ways inside a block: 1, 2, 4 or 8
+  // Split-K ways inside a block: 1, 2, 4, 8 or 16 (the register kernel: at most 8); 0: chosen.
+  int warps_per_block = 0;
+  // 0: the register kernel (any k). n > 0: the staged kernel, each warp copying its next n - 1
+  // steps of codes and scales into shared memory while it computes (k a multiple of 128,
+  // codes 16-byte and scales 8-byte aligned). -1: staged where the weight allows it.
+  int pipeline_stages = -1;
+  // Staged kernel: 16-row tiles a row group (0: chosen).
+  int row_tiles = 0;
+  // Staged kernel: at most this many blocks (0: as many as fit the GPU at once).
+  int max_blocks = 0;
+  // Staged kernel, NVFP4 with bf16 activations: decode E2M1 with bit operations rather than
+  // the shared-memory table.
+  bool bit_decode = true;
 };
 
 // y[b, j] = sum_k x[b, k] * W[j, k] (+ bias[j]) for b < batch, j < n. x: [batch, k] (16-byte

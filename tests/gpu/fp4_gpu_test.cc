@@ -6,6 +6,7 @@
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -173,14 +174,20 @@ struct LinearCase {
   Activation type;
   bool bias;
   int warps;
+  int stages = -1;  // LinearOptions::pipeline_stages
+  int row_tiles = 0;
+  int max_blocks = 0;
+  bool bits = true;  // LinearOptions::bit_decode
 };
 
 void check_linear(const LinearCase& c, unsigned seed) {
-  const std::string label = std::string(cpu::format_name(c.format)) +
-                            (c.type == Activation::kBf16 ? " bf16" : " fp16") +
-                            " n=" + std::to_string(c.n) + " k=" + std::to_string(c.k) +
-                            " batch=" + std::to_string(c.batch) +
-                            " warps=" + std::to_string(c.warps) + (c.bias ? " +bias" : "");
+  const std::string label =
+      std::string(cpu::format_name(c.format)) + (c.type == Activation::kBf16 ? " bf16" : " fp16") +
+      " n=" + std::to_string(c.n) + " k=" + std::to_string(c.k) +
+      " batch=" + std::to_string(c.batch) + " warps=" + std::to_string(c.warps) +
+      " stages=" + std::to_string(c.stages) + " row_tiles=" + std::to_string(c.row_tiles) +
+      " max_blocks=" + std::to_string(c.max_blocks) + (c.bits ? "" : " table") +
+      (c.bias ? " +bias" : "");
   const std::vector<float> wf = gaussian(c.n * c.k, seed, 0.02f);
   auto q = cpu::quantize(wf.data(), c.n, c.k, c.format);
   ASSERT_TRUE(q.ok()) << q.status();
@@ -201,6 +208,10 @@ void check_linear(const LinearCase& c, unsigned seed) {
     dy.poison();
     LinearOptions options;
     options.warps_per_block = c.warps;
+    options.pipeline_stages = c.stages;
+    options.row_tiles = c.row_tiles;
+    options.max_blocks = c.max_blocks;
+    options.bit_decode = c.bits;
     const absl::Status status =
         fp4_linear((*device)->view(), dx.get(), c.batch, c.type, c.bias ? dbias.get() : nullptr,
                    dy.get(), nullptr, options);
@@ -242,7 +253,126 @@ TEST(Fp4GpuTest, FusedLinearMatchesFloat64) {
       }
     }
     for (int warps : {1, 2, 4})
-      check_linear({f, 70, 1024, 7, Activation::kBf16, true, warps}, seed++);
+      check_linear({f, 70, 1024, 7, Activation::kBf16, true, warps, 0}, seed++);
+    // Both kernels on a shape either takes (k a multiple of 128; n not of 64, so the staged
+    // kernel's last block has rows past n), and every staged variant built, with a k whose
+    // steps do not divide evenly among the warps.
+    for (Activation type : {Activation::kBf16, Activation::kFp16}) {
+      for (int64_t batch : {1, 8, 16}) {
+        check_linear({f, 200, 1408, batch, type, true, 0, 0}, seed++);
+        check_linear({f, 200, 1408, batch, type, true, 0, -1}, seed++);
+      }
+    }
+    struct Variant {
+      int64_t batch;
+      int row_tiles, stages, warps, max_blocks;
+    };
+    // Every staged variant built; max_blocks makes each block walk several row groups.
+    for (const Variant& v : std::vector<Variant>{{1, 1, 3, 16, 0},
+                                                 {5, 2, 2, 8, 2},
+                                                 {8, 2, 4, 4, 3},
+                                                 {3, 1, 2, 1, 1},
+                                                 {16, 2, 2, 8, 2},
+                                                 {9, 2, 3, 2, 0},
+                                                 {13, 4, 2, 8, 1},
+                                                 {16, 4, 2, 1, 2}}) {
+      check_linear({f, 200, 1920, v.batch, Activation::kBf16, v.batch % 2 == 1, v.warps, v.stages,
+                    v.row_tiles, v.max_blocks},
+                   seed++);
+    }
+  }
+  // NVFP4 with bf16 activations through the table rather than bit operations.
+  for (int64_t batch : {1, 12}) {
+    check_linear({Format::kNvfp4, 200, 1920, batch, Activation::kBf16, true, 8, 2, 2, 3, false},
+                 seed++);
+  }
+  // Steps that do not divide evenly among the warps (15 over 8, 4 and 16: warps with none).
+  for (Format f : kAllFormats) {
+    check_linear({f, 200, 1920, 3, Activation::kBf16, true, 8, 2, 2, 3}, seed++);
+    check_linear({f, 200, 1920, 11, Activation::kBf16, true, 4, 2, 2, 0}, seed++);
+    check_linear({f, 100, 1920, 1, Activation::kFp16, true, 16, 3, 1, 2}, seed++);
+  }
+  // More row groups than the GPU holds blocks, with the defaults.
+  for (int64_t batch : {2, 11}) {
+    check_linear({Format::kNvfp4, 9000, 256, batch, Activation::kBf16, true, 0}, seed++);
+  }
+}
+
+// Every NVFP4 code under extreme block scales (zero, the smallest subnormal E4M3, 448, negative,
+// NaN), read through the fused Linear one weight at a time: x is one-hot, so each output is
+// a single dequantized weight and must equal the CPU's value rounded to the 16-bit type, bit
+// for bit (NaN in a row with a NaN scale; +0 for -0). Every kernel and decoding path is checked.
+TEST(Fp4GpuTest, FusedLinearReadsEveryCodeAndScaleExactly) {
+  SKIP_WITHOUT_GPU();
+  cpu::PackedWeight w;
+  w.format = Format::kNvfp4;
+  w.n = 48;  // a row group and a half: rows past n in the last group
+  w.k = 256;
+  w.tensor_scale = 0.375f;
+  std::mt19937 rng(7);
+  for (int64_t i = 0; i < w.n * w.k / 2; ++i) w.codes.push_back(static_cast<uint8_t>(rng()));
+  const uint8_t special[] = {0x00, 0x01, 0x07, 0x08, 0x7E, 0xFE, 0x81, 0x38, 0x7F, 0x40};
+  for (int64_t i = 0; i < w.n * (w.k / 16); ++i) {
+    w.scales.push_back(i % 3 == 0 ? special[(i / 3) % 10] : static_cast<uint8_t>(rng() % 0x7F));
+  }
+  std::vector<float> deq(w.n * w.k);
+  ASSERT_TRUE(cpu::dequantize(w, deq.data()).ok());
+  // A NaN weight times a zero of x is NaN, so a row with a NaN block is NaN in every output.
+  std::vector<bool> row_nan(w.n, false);
+  for (int64_t i = 0; i < w.n * w.k; ++i) row_nan[i / w.k] = row_nan[i / w.k] || std::isnan(deq[i]);
+  ASSERT_TRUE(std::count(row_nan.begin(), row_nan.end(), true) > 0);
+  ASSERT_TRUE(std::count(row_nan.begin(), row_nan.end(), false) > 0);
+  auto device = DeviceWeight::upload(w);
+  ASSERT_TRUE(device.ok()) << device.status();
+  struct Path {
+    const char* name;
+    int stages;
+    bool bits;
+  };
+  for (Activation type : {Activation::kBf16, Activation::kFp16}) {
+    for (const Path& path : {Path{"register kernel", 0, false}, Path{"staged, table", 2, false},
+                             Path{"staged, bit decode", 2, true}}) {
+      LinearOptions options;
+      options.pipeline_stages = path.stages;
+      options.bit_decode = path.bits;
+      int64_t mismatches = 0;
+      for (int64_t k0 = 0; k0 < w.k; k0 += 16) {  // 16 one-hot rows a call
+        std::vector<uint16_t> x(16 * w.k, 0);
+        const uint16_t one = type == Activation::kBf16 ? cpu::float_to_bf16_bits(1.0f)
+                                                       : cpu::float_to_fp16_bits(1.0f);
+        for (int b = 0; b < 16; ++b) x[b * w.k + k0 + b] = one;
+        Buffer dx(x.size() * 2), dy(16 * w.n * 2);
+        dx.upload(x);
+        dy.poison();
+        ASSERT_TRUE(
+            fp4_linear((*device)->view(), dx.get(), 16, type, nullptr, dy.get(), nullptr, options)
+                .ok())
+            << path.name;
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        const std::vector<uint16_t> y = dy.download<uint16_t>(16 * w.n);
+        for (int b = 0; b < 16; ++b) {
+          for (int64_t j = 0; j < w.n; ++j) {
+            // A sum that starts from +0 cannot end at -0: a -0 weight reads as +0.
+            const float weight = deq[j * w.k + k0 + b];
+            const float expected = weight == 0.0f ? 0.0f : weight;
+            const uint16_t got = y[b * w.n + j];
+            const bool ok =
+                row_nan[j] ? std::isnan(type == Activation::kBf16 ? cpu::bf16_bits_to_float(got)
+                                                                  : cpu::fp16_bits_to_float(got))
+                           : got == (type == Activation::kBf16 ? cpu::float_to_bf16_bits(expected)
+                                                               : cpu::float_to_fp16_bits(expected));
+            if (!ok && ++mismatches <= 5) {
+              ADD_FAILURE() << path.name << (type == Activation::kBf16 ? " bf16" : " fp16")
+                            << ": W[" << j << ", " << k0 + b << "] = " << expected
+                            << " (scale byte 0x" << std::hex
+                            << int{w.scales[j * (w.k / 16) + (k0 + b) / 16]} << std::dec
+                            << "), kernel gave bits 0x" << std::hex << got << std::dec;
+            }
+          }
+        }
+      }
+      EXPECT_EQ(mismatches, 0) << path.name;
+    }
   }
 }
 
@@ -265,6 +395,34 @@ TEST(Fp4GpuTest, FusedLinearRefusesBadArguments) {
   options.warps_per_block = 3;
   EXPECT_TRUE(absl::IsInvalidArgument(fp4_linear((*device)->view(), x.get(), 1, Activation::kBf16,
                                                  nullptr, y.get(), nullptr, options)));
+  // The staged kernel asked for where it cannot run (k = 64 is not a multiple of 128), and a
+  // variant that is not built.
+  options = LinearOptions();
+  options.pipeline_stages = 4;
+  const absl::Status short_k = fp4_linear((*device)->view(), x.get(), 1, Activation::kBf16, nullptr,
+                                          y.get(), nullptr, options);
+  EXPECT_TRUE(absl::IsInvalidArgument(short_k)) << short_k;
+  EXPECT_NE(short_k.message().find("k = 64"), absl::string_view::npos) << short_k;
+  const std::vector<float> wide = gaussian(32 * 128, 6, 0.02f);
+  auto q128 = cpu::quantize(wide.data(), 32, 128, Format::kNvfp4);
+  ASSERT_TRUE(q128.ok());
+  auto device128 = DeviceWeight::upload(*q128);
+  ASSERT_TRUE(device128.ok());
+  Buffer x128(128 * 2), y128(32 * 2);
+  options.pipeline_stages = 5;
+  const absl::Status unbuilt = fp4_linear((*device128)->view(), x128.get(), 1, Activation::kBf16,
+                                          nullptr, y128.get(), nullptr, options);
+  EXPECT_TRUE(absl::IsInvalidArgument(unbuilt)) << unbuilt;
+  EXPECT_NE(unbuilt.message().find("pipeline_stages = 5"), absl::string_view::npos) << unbuilt;
+  // A variant whose stages do not fit a block's shared memory.
+  Buffer x16(16 * 128 * 2), y16(16 * 32 * 2);
+  options.pipeline_stages = 2;
+  options.row_tiles = 4;
+  options.warps_per_block = 16;
+  const absl::Status too_big = fp4_linear((*device128)->view(), x16.get(), 16, Activation::kBf16,
+                                          nullptr, y16.get(), nullptr, options);
+  EXPECT_TRUE(absl::IsInvalidArgument(too_big)) << too_big;
+  EXPECT_NE(too_big.message().find("bytes of shared memory"), absl::string_view::npos) << too_big;
 }
 
 }  // namespace
