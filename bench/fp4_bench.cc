@@ -5,12 +5,13 @@
 // the weight bytes streamed per second, and that rate as a fraction of a device-to-device
 // cudaMemcpy (read + write bytes) measured first. Each timed configuration is checked first.
 //
-//   build-gpu/bench/fp4_bench [--quick]
+//   build-gpu/bench/fp4_bench [--quick | --variants]
 #include <cuda_runtime_api.h>
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -103,10 +104,85 @@ double copy_bandwidth_gbps() {
   return 2.0 * bytes / (ms / 1e3) / 1e9;  // read + write
 }
 
+// NVFP4 through each kernel variant (register kernel; staged with row tiles, stages, warps)
+// at batches 1 to 16, against bf16 at the same batch: the measurements behind the defaults.
+void sweep_variants(double copy_gbps, int64_t rotate_bytes, int reps) {
+  struct Variant {
+    int stages, row_tiles, warps;
+    bool bits;
+  };
+  const std::vector<Variant> small = {{0, 0, 8, false}, {2, 2, 8, false}, {2, 2, 8, true},
+                                      {4, 2, 8, true},  {2, 2, 16, true}, {2, 1, 16, true},
+                                      {3, 1, 16, true}};
+  const std::vector<Variant> large = {{0, 0, 8, false}, {2, 2, 4, false}, {2, 2, 4, true},
+                                      {2, 2, 8, true},  {3, 2, 4, true},  {2, 4, 8, true}};
+  const auto bf16 = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+  std::printf(
+      "\nnvfp4 kernel variants (stages 0: register kernel; bits: E2M1 decoded with bit "
+      "operations)\n%-12s %5s %7s %9s %6s %5s  %9s %9s %8s %11s %8s\n",
+      "N x K", "batch", "stages", "row_tiles", "warps", "bits", "fp4 us", "bf16 us", "speedup",
+      "weight GB/s", "of copy");
+  for (auto [n, k] : {std::pair<int64_t, int64_t>{28672, 8192}, {8192, 8192}}) {
+    const std::string shape = std::to_string(n) + "x" + std::to_string(k);
+    const int64_t packed_bytes = n * k / 2 + n * (k / 16);
+    const int copies = static_cast<int>(std::max<int64_t>(2, rotate_bytes / packed_bytes + 1));
+    std::vector<Fp4Copy> w4;
+    for (int i = 0; i < copies; ++i) w4.push_back(make_weight(Format::kNvfp4, n, k));
+    const int bf16_copies = static_cast<int>(std::max<int64_t>(2, rotate_bytes / (n * k * 2) + 1));
+    std::vector<at::Tensor> w16;
+    for (int i = 0; i < bf16_copies; ++i) w16.push_back(torch::randn({n, k}, bf16) * 0.02);
+    at::Tensor scratch = torch::empty({n, k}, bf16);
+    check(fp4::dequantize_to_bf16(w4[0].view, static_cast<uint16_t*>(scratch.data_ptr()), nullptr),
+          "dequantize_to_bf16");
+    for (int64_t batch : {1, 4, 8, 16}) {
+      const at::Tensor x = torch::randn({batch, k}, bf16);
+      at::Tensor y = torch::empty({batch, n}, bf16);
+      const at::Tensor ref = at::linear(x.to(at::kFloat), scratch.to(at::kFloat));
+      const double bf16_ms =
+          median_ms(reps, [&](int i) { y = at::linear(x, w16[i % bf16_copies]); });
+      for (const Variant& v : batch <= 8 ? small : large) {
+        fp4::LinearOptions options;
+        options.pipeline_stages = v.stages;
+        options.row_tiles = v.row_tiles;
+        options.warps_per_block = v.warps;
+        options.bit_decode = v.bits;
+        auto run = [&](int i) {
+          check(fp4::fp4_linear(w4[i % copies].view, x.data_ptr(), batch, fp4::Activation::kBf16,
+                                nullptr, y.data_ptr(), nullptr, options),
+                "fp4_linear");
+        };
+        y.fill_(std::numeric_limits<float>::quiet_NaN());
+        const absl::Status status =
+            fp4::fp4_linear(w4[0].view, x.data_ptr(), batch, fp4::Activation::kBf16, nullptr,
+                            y.data_ptr(), nullptr, options);
+        if (!status.ok()) {
+          std::printf("%-12s %5ld %7d %9d %6d %5d  not run: %s\n", shape.c_str(),
+                      static_cast<long>(batch), v.stages, v.row_tiles, v.warps, v.bits,
+                      std::string(status.message()).c_str());
+          continue;
+        }
+        const double err = relative_error(y, ref);
+        if (!(err < 1e-2)) {
+          std::printf("CHECK FAILED %s batch %ld stages %d row_tiles %d warps %d bits %d: %.3e\n",
+                      shape.c_str(), static_cast<long>(batch), v.stages, v.row_tiles, v.warps,
+                      v.bits, err);
+          continue;
+        }
+        const double ms = median_ms(reps, run);
+        const double gbps = packed_bytes / (ms / 1e3) / 1e9;
+        std::printf("%-12s %5ld %7d %9d %6d %5d  %9.1f %9.1f %7.2fx %11.0f %7.0f%%\n",
+                    shape.c_str(), static_cast<long>(batch), v.stages, v.row_tiles, v.warps, v.bits,
+                    ms * 1e3, bf16_ms * 1e3, bf16_ms / ms, gbps, 100.0 * gbps / copy_gbps);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+  const std::string mode = argc > 1 ? argv[1] : "";
+  const bool quick = mode == "--quick";
   if (vb::backends::cuda::visible_devices() == 0) {
     std::printf("fp4_bench: no CUDA device visible\n");
     return 0;
@@ -120,6 +196,29 @@ int main(int argc, char** argv) {
   const int reps = quick ? 10 : 50;
   const int64_t rotate_bytes = std::max<int64_t>(int64_t{4} * prop.l2CacheSize, 256 << 20);
   const auto bf16 = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+  if (mode == "--one" && argc == 6) {
+    // One configuration, launched 5 times (for a profiler): --one STAGES ROW_TILES WARPS BATCH,
+    // NVFP4 28672 x 8192.
+    fp4::LinearOptions options;
+    options.pipeline_stages = std::atoi(argv[2]);
+    options.row_tiles = std::atoi(argv[3]);
+    options.warps_per_block = std::atoi(argv[4]);
+    const int64_t batch = std::atoi(argv[5]);
+    const Fp4Copy w = make_weight(Format::kNvfp4, 28672, 8192);
+    const at::Tensor x = torch::randn({batch, 8192}, bf16);
+    at::Tensor y = torch::empty({batch, 28672}, bf16);
+    for (int i = 0; i < 5; ++i) {
+      check(fp4::fp4_linear(w.view, x.data_ptr(), batch, fp4::Activation::kBf16, nullptr,
+                            y.data_ptr(), nullptr, options),
+            "fp4_linear");
+    }
+    check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+    return 0;
+  }
+  if (mode == "--variants") {
+    sweep_variants(copy_gbps, rotate_bytes, reps);
+    return 0;
+  }
 
   std::printf("\n%-7s %-12s %5s  %10s %10s %8s  %10s %8s  %s\n", "format", "N x K", "batch",
               "fp4 us", "bf16 us", "speedup", "weight GB/s", "of copy", "path");

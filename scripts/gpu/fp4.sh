@@ -3,7 +3,8 @@
 # VB_WITH_CUDA, run the Fp4 GPU tests, then the benchmark. Shorter than run.sh when only the
 # kernels changed.
 #
-#   device run, carry [".debs"]:  bash scripts/gpu/fp4.sh   (VB_FP4_PROFILE=1: Nsight Compute too)
+#   device run, carry [".debs"]:  bash scripts/gpu/fp4.sh   (VB_FP4_PROFILE=1: Nsight Compute
+#   instead of the benchmark; VB_FP4_BENCH=variants|table|both)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-/tmp/vb-gpu-out}
@@ -23,18 +24,40 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DVB_WITH_CUDA=ON \
   > "$out/configure.log" 2>&1 || { tail -40 "$out/configure.log"; exit 1; }
 cmake --build build-gpu -j "$(nproc)" --target gpu_tests fp4_bench > "$out/build.log" 2>&1 \
   || { grep -E "error|Error" "$out/build.log" | head -40; exit 1; }
+if [[ "${VB_FP4_SASS:-0}" == 1 ]]; then  # the kernels' machine code, for reading elsewhere
+  cuobjdump -sass build-gpu/backends/cuda/CMakeFiles/backends_cuda.dir/fp4_kernels.cu.o \
+    > "$out/fp4_kernels.sass" 2>&1 || echo "cuobjdump failed"
+fi
 build-gpu/tests/gpu/gpu_tests --gtest_filter='Fp4*' 2>&1 | tee "$out/fp4-tests.log" \
   | grep -E "OK \]|FAILED|Failure|PASSED|stages" | head -40
 tests_rc=${PIPESTATUS[0]}
 if [[ "${VB_FP4_PROFILE:-0}" == 1 ]]; then
   # Nsight Compute on one fused launch (28672 x 8192 NVFP4, batch 1: the first the quick
   # benchmark makes after its checks), clocks left as they are.
-  ncu --clock-control none --kernel-name regex:fused_linear --launch-skip 3 --launch-count 1 \
-    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-    --section MemoryWorkloadAnalysis --section SchedulerStats \
-    build-gpu/bench/fp4_bench --quick > "$out/ncu.txt" 2>&1
-  grep -vE "^==PROF==" "$out/ncu.txt" | tail -150
+  # VB_FP4_PROFILE_RUNS: "STAGES ROW_TILES WARPS BATCH" configurations separated by commas.
+  IFS=, read -ra runs <<< "${VB_FP4_PROFILE_RUNS:-2 1 8 1}"
+  for run in "${runs[@]}"; do
+    name=$(echo "$run" | tr ' ' _)
+    # shellcheck disable=SC2086
+    ncu --clock-control none --kernel-name regex:linear_kernel --launch-skip 3 --launch-count 1 \
+      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+      --section MemoryWorkloadAnalysis --section SchedulerStats --section SourceCounters \
+      --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,dram__bytes_read.sum,smsp__inst_executed.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum,lts__t_sectors_srcunit_tex_op_read.sum,dram__sectors_read.sum" \
+      build-gpu/bench/fp4_bench --one $run > "$out/ncu-$name.txt" 2>&1
+    echo "=== ncu: stages, row_tiles, warps, batch = $run"
+    grep -vE "^==PROF==" "$out/ncu-$name.txt" | grep -E "Duration|DRAM Throughput|Registers Per|Achieved Active|Issued Warp|Eligible Warps|Waves|Dynamic Shared" | head -12
+    grep -E "stalled_.*ratio|dram__|inst_executed|bank_conflicts|lts__t_sectors" "$out/ncu-$name.txt" \
+      | awk '$NF+0 > 0.05 || !/stalled/' | sed -E 's/smsp__average_warps_issue_stalled_//; s/_per_issue_active.ratio//' | head -30
+  done
   exit "$tests_rc"
 fi
-build-gpu/bench/fp4_bench 2>&1 | tee "$out/fp4-bench.txt"
+# VB_FP4_BENCH: "variants" (the kernel-variant sweep), "table" (every format, the defaults) or
+# "both" (the default).
+bench=${VB_FP4_BENCH:-both}
+if [[ "$bench" == variants || "$bench" == both ]]; then
+  build-gpu/bench/fp4_bench --variants 2>&1 | tee "$out/fp4-variants.txt"
+fi
+if [[ "$bench" == table || "$bench" == both ]]; then
+  build-gpu/bench/fp4_bench 2>&1 | tee "$out/fp4-bench.txt"
+fi
 exit "$tests_rc"
