@@ -10,6 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "backends/linear_op.h"
+#include "backends/ops.h"
 #include "backends/tensor_util.h"
 #include "common/log.h"
 #include "common/status_macros.h"
@@ -274,6 +275,90 @@ struct HttpFace::Impl {
     return absl::OkStatus();
   }
 
+  // POST /v1/ops/{op}: a named op of RunOp (backends/ops.h). The tensors are its inputs by
+  // name; the JSON line may add "attributes" (numbers, or true/false for 1/0), "weights"
+  // ([{"digest", "byte_size"}], blobs the daemon holds) and "device_index". The answer holds
+  // the op's outputs.
+  absl::Status run_op(const std::string& op, const httplib::Request& request,
+                      httplib::Response& response, CallRecord* record) {
+    VB_RETURN_IF_ERROR(service->check_request_bytes(request.body.size(), "ops"));
+    VB_ASSIGN_OR_RETURN(wire::TensorMessage message,
+                        wire::decode_tensor_message(request.body, service->host_tensor_options()));
+    backends::OpArgs args;
+    args.op = op;
+    const nlohmann::json& header = message.header;
+    if (const auto attributes = header.find("attributes"); attributes != header.end()) {
+      if (!attributes->is_object()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("attributes is ", attributes->dump(), ": expected an object of numbers"));
+      }
+      for (const auto& [name, value] : attributes->items()) {
+        if (value.is_boolean()) {
+          args.attributes[name] = value.get<bool>() ? 1.0 : 0.0;
+        } else if (value.is_number()) {
+          args.attributes[name] = value.get<double>();
+        } else {
+          return absl::InvalidArgumentError(absl::StrCat("attributes.", name, " is ", value.dump(),
+                                                         ": expected a number or true/false"));
+        }
+      }
+    }
+    if (const auto device = header.find("device_index"); device != header.end()) {
+      if (!device->is_number_integer()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("device_index is ", device->dump(), ": expected an integer"));
+      }
+      args.device_index = device->get<int>();
+    }
+    std::vector<std::string> weights;
+    std::vector<uint64_t> weight_bytes;
+    if (const auto list = header.find("weights"); list != header.end()) {
+      if (!list->is_array()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "weights is ", list->dump(), ": expected a list of {\"digest\", \"byte_size\"}"));
+      }
+      for (size_t i = 0; i < list->size(); ++i) {
+        const std::string field = absl::StrCat("weights[", i, "]");
+        const nlohmann::json& weight = (*list)[i];
+        if (!weight.is_object()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(field, " is ", weight.dump(), ": expected {\"digest\", \"byte_size\"}"));
+        }
+        VB_ASSIGN_OR_RETURN(std::string digest, digest_of(weight, field));
+        const auto size = weight.find("byte_size");
+        if (size == weight.end() || !size->is_number_unsigned()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(field, ".byte_size is missing or not a byte count"));
+        }
+        weights.push_back(std::move(digest));
+        weight_bytes.push_back(size->get<uint64_t>());
+      }
+    }
+    std::vector<std::string> names;
+    for (const wire::NamedTensor& tensor : message.tensors) names.push_back(tensor.name);
+    VB_RETURN_IF_ERROR(backends::check_op_header(op, names, weights.size(), args.attributes));
+    VB_RETURN_IF_ERROR(service->check_placement({args.device_index, ""}));
+    for (size_t i = 0; i < weights.size(); ++i) {
+      VB_RETURN_IF_ERROR(
+          service->check_blob(weights[i], weight_bytes[i], absl::StrCat("weights[", i, "]")));
+    }
+    for (wire::NamedTensor& tensor : message.tensors) {
+      args.inputs.push_back({std::move(tensor.name), std::move(tensor.tensor)});
+    }
+    ComputeTiming timing;
+    absl::StatusOr<backends::NamedTensors> outputs =
+        service->run_op(std::move(args), weights, &timing);
+    record->queue_us = timing.queue_us;
+    record->compute_us = timing.compute_us;
+    VB_RETURN_IF_ERROR(outputs.status());
+    std::vector<wire::NamedTensor> answer;
+    for (backends::NamedTensor& output : *outputs) {
+      answer.push_back({std::move(output.name), std::move(output.tensor)});
+    }
+    reply_tensors(response, answer, timing);
+    return absl::OkStatus();
+  }
+
   static void reply_tensors(httplib::Response& response,
                             const std::vector<wire::NamedTensor>& tensors,
                             const ComputeTiming& timing) {
@@ -397,6 +482,12 @@ absl::StatusOr<std::unique_ptr<HttpFace>> HttpFace::start(ComputeService* servic
             [self](const httplib::Request& request, httplib::Response& response) {
               self->serve("http.LinearBackward", request, response, [&](CallRecord* record) {
                 return self->linear_backward(request, response, record);
+              });
+            });
+  http.Post(R"(/v1/ops/([A-Za-z0-9_.]+))",
+            [self](const httplib::Request& request, httplib::Response& response) {
+              self->serve("http.RunOp", request, response, [&](CallRecord* record) {
+                return self->run_op(request.matches[1], request, response, record);
               });
             });
   // Unknown routes answer in the same error format as everything else.

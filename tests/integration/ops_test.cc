@@ -5,7 +5,10 @@
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/linear.h>
 
+#include <httplib.h>
+
 #include <limits>
+#include <nlohmann/json.hpp>
 
 #include "client/daemon_client.h"
 #include "client/fp4_linear.h"
@@ -16,6 +19,7 @@
 #include "common/digest.h"
 #include "tests/integration/test_util.h"
 #include "tests/support/daemon_process.h"
+#include "wire/http_tensors.h"
 
 namespace vb::testing {
 namespace {
@@ -215,6 +219,114 @@ TEST_F(OpsTest, TheDaemonRefusesBadCallsNamingWhatIsWrong) {
   // And it goes on serving.
   torch::NoGradGuard no_grad;
   EXPECT_EQ(layer(torch::randn({2, 64})).size(1), 16);
+}
+
+// The named ops over the HTTP face, as a caller without gRPC sends them: POST /v1/ops/{op}
+// with tensor bodies, against the same references; refusals name what is wrong.
+TEST(OpsHttpTest, TheHttpFaceRunsTheNamedOpsAndRefusesBadCalls) {
+  DaemonProcess daemon({"--http-port", "0"});
+  ASSERT_GT(daemon.http_port(), 0);
+  httplib::Client http("127.0.0.1", daemon.http_port());
+  http.set_read_timeout(60, 0);
+  struct Answer {
+    int status = 0;
+    nlohmann::json error;
+    wire::TensorMessage message;
+  };
+  auto call = [&http](const std::string& op, const nlohmann::json& header,
+                      const std::vector<wire::NamedTensor>& inputs) {
+    Answer answer;
+    auto reply = http.Post("/v1/ops/" + op, wire::encode_tensor_message(header, inputs),
+                           wire::kTensorsContentType);
+    if (!reply) {
+      ADD_FAILURE() << op << ": no answer";
+      return answer;
+    }
+    answer.status = reply->status;
+    if (reply->status == 200) {
+      absl::StatusOr<wire::TensorMessage> decoded = wire::decode_tensor_message(reply->body);
+      EXPECT_TRUE(decoded.ok()) << decoded.status();
+      if (decoded.ok()) answer.message = std::move(*decoded);
+    } else {
+      answer.error = nlohmann::json::parse(reply->body, nullptr, false);
+    }
+    return answer;
+  };
+
+  // Causal attention against float64.
+  const at::Tensor q = torch::randn({2, 3, 7, 16});
+  const at::Tensor k = torch::randn({2, 3, 7, 16});
+  const at::Tensor v = torch::randn({2, 3, 7, 8});
+  const Answer attention = call("attention.forward", {{"attributes", {{"is_causal", true}}}},
+                                {{"query", q}, {"key", k}, {"value", v}});
+  ASSERT_EQ(attention.status, 200) << attention.error.dump();
+  const at::Tensor causal = torch::zeros({7, 7}).masked_fill(
+      torch::ones({7, 7}).triu(1).to(torch::kBool), -std::numeric_limits<double>::infinity());
+  const at::Tensor output = attention.message.find("output");
+  ASSERT_TRUE(output.defined());
+  EXPECT_LT(relative_error(output, attention_reference(q, k, v, causal, torch::zeros_like(v)).out),
+            1e-5);
+  EXPECT_TRUE(attention.message.header.contains("timing"));
+
+  // The left-spin residual with its attributes, against the local layer's forward.
+  const at::Tensor u = torch::randn({4, 6});
+  const at::Tensor du = torch::randn({4, 6});
+  const at::Tensor du_prev = torch::randn({4, 6});
+  const Answer spin = call("left_spin.forward", {{"attributes", {{"alpha", 0.8}, {"tau", 0.1}}}},
+                           {{"u", u}, {"du", du}, {"du_prev", du_prev}});
+  ASSERT_EQ(spin.status, 200) << spin.error.dump();
+  backends::OpArgs local_spin;
+  local_spin.op = "left_spin.forward";
+  local_spin.inputs = {{"u", u}, {"du", du}, {"du_prev", du_prev}};
+  local_spin.attributes = {{"alpha", 0.8}, {"tau", 0.1}};
+  absl::StatusOr<backends::NamedTensors> expected_spin = backends::run_op(local_spin);
+  ASSERT_TRUE(expected_spin.ok()) << expected_spin.status();
+  EXPECT_LT(relative_error(spin.message.find("output"), (*expected_spin)[0].tensor), 1e-6);
+
+  // A 4-bit Linear on a weight uploaded over HTTP.
+  torch::NoGradGuard no_grad;
+  nn::FP4Linear layer(nn::FP4LinearOptions(64, 16), make_router({"local"}));
+  const at::Tensor x = torch::randn({3, 64});
+  const nlohmann::json weights = nlohmann::json::array(
+      {{{"digest", layer->weight_digest()}, {"byte_size", layer->packed.numel()}}});
+  const Answer absent = call("fp4_linear.forward", {{"weights", weights}}, {{"input", x}});
+  EXPECT_EQ(absent.status, 404) << absent.error.dump();
+  const at::Tensor blob = layer->packed.contiguous();
+  auto uploaded = http.Post("/v1/weights/" + layer->weight_digest(),
+                            std::string(static_cast<const char*>(blob.data_ptr()), blob.numel()),
+                            "application/octet-stream");
+  ASSERT_TRUE(uploaded && uploaded->status == 200) << (uploaded ? uploaded->body : "no answer");
+  const Answer fp4 = call("fp4_linear.forward", {{"weights", weights}},
+                          {{"input", x}, {"bias", layer->bias.detach()}});
+  ASSERT_EQ(fp4.status, 200) << fp4.error.dump();
+  EXPECT_LT(relative_error(fp4.message.find("output"), layer(x)), 1e-6);
+
+  // Refusals: 400 with the error naming the op, field or value.
+  auto refused = [&](const Answer& answer, const std::string& text) {
+    EXPECT_EQ(answer.status, 400) << answer.error.dump();
+    EXPECT_EQ(answer.error.value("error_code", ""), "VB.INVALID_ARGUMENT") << answer.error.dump();
+    EXPECT_THAT(answer.error.value("error_msg", ""), HasSubstr(text)) << answer.error.dump();
+  };
+  refused(call("attention.sideways", nlohmann::json::object(), {{"query", q}}),
+          "attention.sideways");
+  refused(call("attention.forward", {{"attributes", {{"is_causal", "yes"}}}},
+               {{"query", q}, {"key", k}, {"value", v}}),
+          "attributes.is_causal");
+  refused(
+      call("attention.forward", {{"attributes", {1, 2}}}, {{"query", q}, {"key", k}, {"value", v}}),
+      "attributes is [1,2]");
+  refused(call("attention.forward", nlohmann::json::object(), {{"query", q}, {"key", k}}),
+          "input \"value\" is missing");
+  refused(call("fp4_linear.forward", {{"weights", "abc"}}, {{"input", x}}), "weights is \"abc\"");
+  refused(call("fp4_linear.forward",
+               {{"weights", nlohmann::json::array({{{"digest", layer->weight_digest()}}})}},
+               {{"input", x}}),
+          "weights[0].byte_size");
+  refused(call("left_spin.forward", {{"device_index", "gpu"}}, {{"u", u}, {"du", du}}),
+          "device_index");
+  // And it goes on serving.
+  EXPECT_EQ(call("left_spin.forward", nlohmann::json::object(), {{"u", u}, {"du", du}}).status,
+            200);
 }
 
 }  // namespace
