@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Interop over the HTTP face: a client written from the README alone (urllib, struct, no
-libvb) uploads a weight in two parts, runs Linear forward and backward, and checks the
-answers with plain Python arithmetic and the documented error codes."""
+libvb) uploads a weight in two parts, runs Linear forward and backward and a named op, and
+checks the answers with plain Python arithmetic and the documented error codes."""
 import argparse
 import hashlib
 import json
@@ -123,6 +123,32 @@ def main():
               for o in range(out_f) for k in range(in_f)]
         check(max(abs(a - b) for a, b in zip(grads["grad_input"][1], gi)) < 1e-5, "grad_input")
         check(max(abs(a - b) for a, b in zip(grads["grad_weight"][1], gw)) < 1e-5, "grad_weight")
+
+        # A named op: causal attention, checked with plain arithmetic.
+        seq, dim = 3, 2
+        q = [rng.uniform(-1, 1) for _ in range(seq * dim)]
+        k = [rng.uniform(-1, 1) for _ in range(seq * dim)]
+        v = [rng.uniform(-1, 1) for _ in range(seq * dim)]
+        status, body = call(base, "POST", "/v1/ops/attention.forward",
+                            encode({"attributes": {"is_causal": True}},
+                                   [("query", [1, 1, seq, dim], q), ("key", [1, 1, seq, dim], k),
+                                    ("value", [1, 1, seq, dim], v)]))
+        check(status == 200, f"attention answers 200 ({body[:100]!r})")
+        _, outputs = decode(body)
+        expected = []
+        for i in range(seq):
+            scores = [sum(q[i * dim + d] * k[j * dim + d] for d in range(dim)) / dim ** 0.5
+                      for j in range(i + 1)]
+            top = max(scores)
+            weights = [2.718281828459045 ** (s - top) for s in scores]
+            expected += [sum(w * v[j * dim + d] for j, w in enumerate(weights)) / sum(weights)
+                         for d in range(dim)]
+        check(max(abs(a - b) for a, b in zip(outputs["output"][1], expected)) < 1e-5,
+              "causal attention values")
+        status, body = call(base, "POST", "/v1/ops/attention.sideways",
+                            encode({}, [("query", [1, 1, seq, dim], q)]))
+        check(status == 400 and "attention.sideways" in json.loads(body)["error_msg"],
+              "an unknown op is 400 and named")
 
         status, body = call(base, "POST", "/v1/linear/forward",
                             encode({"weight": dict(ref, shape=[out_f, in_f + 1])},
