@@ -259,25 +259,32 @@ __device__ __forceinline__ uint32_t load_scale(const LinearParams& p, const uint
   return h | (h << 16);
 }
 
+// Per-lane tables (256 entries, 32 copies): lane `lane`'s copy of entry e is word 32 e + lane,
+// so a warp's 32 lookups fall in 32 different banks whatever the entries.
+__device__ __forceinline__ void fill_lane_copies(uint32_t* table, int e, uint32_t value) {
+  // Thread e starts at copy e, so that a warp's stores fall in 32 different banks too.
+#pragma unroll 8
+  for (int copy = 0; copy < 32; ++copy) table[(e << 5) | ((copy + e) & 31)] = value;
+}
+
+// Lane `lane`'s copy of the entry indexed by byte `b` of `word` (lane8 = lane * 8). Its byte
+// offset 128 e + 4 lane is built in two instructions: a byte permute puts the byte at bits
+// 8..15 next to lane * 8 at bits 0..7, and a shift halves it.
+__device__ __forceinline__ uint32_t lane_lookup(const uint32_t* table, uint32_t word, int b,
+                                                uint32_t lane8) {
+  const uint32_t offset = __byte_perm(word, lane8, 0x5504 | (b << 4)) >> 1;
+  return *reinterpret_cast<const uint32_t*>(reinterpret_cast<const char*>(table) + offset);
+}
+
 // One 128-wide k step of one 16-row tile: decodes the lane's 16 code bytes of rows g and g + 8
 // (c0, c1) through the per-lane table, multiplies by the block scales (`scale[row g, g + 8][k
 // half]`, 16-bit pairs) and runs the 8 MMAs of the step against each batch tile's x pairs.
-// Where lane `lane`'s copy of entry e sits in the table: word 32 e + lane, byte offset
-// 128 e + 4 lane. For byte `b` of `word` that offset is built in two instructions: a byte
-// permute puts the byte at bits 8..15 next to lane * 8 at bits 0..7, and a shift halves it.
-__device__ __forceinline__ uint32_t lut_offset(uint32_t word, int b, uint32_t lane8) {
-  return __byte_perm(word, lane8, 0x5504 | (b << 4)) >> 1;
-}
-
 template <typename T, int kBatchTiles>
 __device__ __forceinline__ void mma_row_tile(float (&acc)[kBatchTiles][4], const uint4& c0,
                                              const uint4& c1, const uint32_t (&scale)[2][2],
                                              const uint32_t (&xs)[kBatchTiles][16],
                                              const uint32_t* lut, uint32_t lane8) {
-  const char* table = reinterpret_cast<const char*>(lut);
-  auto decode = [table, lane8](uint32_t word, int b) {
-    return *reinterpret_cast<const uint32_t*>(table + lut_offset(word, b, lane8));
-  };
+  auto decode = [lut, lane8](uint32_t word, int b) { return lane_lookup(lut, word, b, lane8); };
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
     const uint32_t w0 = (&c0.x)[j / 2];  // row g: bytes 2j, 2j + 1 of the 16
@@ -359,13 +366,10 @@ __device__ __forceinline__ void mma_row_tile_e2m1(float (&acc)[kBatchTiles][4], 
 // nibble, 16 bits each; lane i's copy of entry b at word 32 b + i) and the byte-scale table.
 template <typename T>
 __device__ __forceinline__ void build_tables(Format format, uint32_t* lut, uint32_t* scale_lut) {
-  // Each entry is computed once and stored to its 32 copies, thread e starting at copy e so
-  // that a warp's stores fall in 32 different banks.
-  for (int e = threadIdx.x; e < 256; e += blockDim.x) {
-    const uint32_t value = Half<T>::bits(element_to_float(format, e & 15u)) |
-                           (Half<T>::bits(element_to_float(format, e >> 4)) << 16);
-#pragma unroll 8
-    for (int copy = 0; copy < 32; ++copy) lut[(e << 5) | ((copy + e) & 31)] = value;
+  for (int e = threadIdx.x; e < 256; e += blockDim.x) {  // each entry computed once
+    fill_lane_copies(lut, e,
+                     Half<T>::bits(element_to_float(format, e & 15u)) |
+                         (Half<T>::bits(element_to_float(format, e >> 4)) << 16));
   }
   if (has_byte_scales(format)) {
     for (int i = threadIdx.x; i < 256; i += blockDim.x) {
@@ -580,8 +584,6 @@ __global__ void __launch_bounds__(kStagedMaxWarps * 32, staged_min_blocks(kBatch
   // The warp's steps: warp, warp + warps, ... (one contiguous range of k per warp measured no
   // different on the H200).
   const int my_steps = warp < steps ? (steps - warp + warps - 1) / warps : 0;
-  const int first_step = warp;
-  const int step_stride = warps;
   const int64_t row_bytes = p.k / 2;
   const int64_t scale_row_bytes = p.k / kStepK * kScaleStep;
 
@@ -599,16 +601,15 @@ __global__ void __launch_bounds__(kStagedMaxWarps * 32, staged_min_blocks(kBatch
     if (issue_left > 0) {
       if (issue_step == 0) {
         x_copy_src =
-            static_cast<const T*>(p.x) + (lane / 16) * p.k + first_step * kStepK + (lane % 16) * 8;
+            static_cast<const T*>(p.x) + (lane / 16) * p.k + warp * kStepK + (lane % 16) * 8;
         auto row = [&](int r) { return issue_row0 + r < p.n ? issue_row0 + r : p.n - 1; };
 #pragma unroll
         for (int r = 0; r < kRowTiles; ++r) {
 #pragma unroll
           for (int h = 0; h < 2; ++h)
-            code_src[r][h] =
-                p.codes + row(16 * r + g + 8 * h) * row_bytes + first_step * 64 + 16 * t;
+            code_src[r][h] = p.codes + row(16 * r + g + 8 * h) * row_bytes + warp * 64 + 16 * t;
           scale_src[r] = static_cast<const uint8_t*>(p.scales) +
-                         row(16 * r + (lane & 15)) * scale_row_bytes + first_step * kScaleStep;
+                         row(16 * r + (lane & 15)) * scale_row_bytes + warp * kScaleStep;
         }
       }
       uint8_t* stage = ring + write_slot * stage_bytes;
@@ -618,13 +619,13 @@ __global__ void __launch_bounds__(kStagedMaxWarps * 32, staged_min_blocks(kBatch
         for (int h = 0; h < 2; ++h) {
           // Row g + 8 h of tile r, chunk t, at (row * 4 + t) * 16 = 1024 r + 512 h + 16 lane.
           __pipeline_memcpy_async(stage + 1024 * r + 512 * h + 16 * lane, code_src[r][h], 16);
-          code_src[r][h] += 64 * step_stride;
+          code_src[r][h] += 64 * warps;
         }
         if (lane < 16) {
           __pipeline_memcpy_async(stage + kCodeBytes + (16 * r + lane) * 8, scale_src[r],
                                   kScaleStep);
         }
-        scale_src[r] += kScaleStep * step_stride;
+        scale_src[r] += kScaleStep * warps;
       }
       // x of the step (batch rows below p.batch): row b's 256 bytes as 16 chunks of 16.
 #pragma unroll
@@ -634,7 +635,7 @@ __global__ void __launch_bounds__(kStagedMaxWarps * 32, staged_min_blocks(kBatch
                                   x_copy_src + 2 * j * p.k, 16);
         }
       }
-      x_copy_src += step_stride * kStepK;
+      x_copy_src += warps * kStepK;
       write_slot = write_slot + 1 == kStages ? 0 : write_slot + 1;
       --issue_left;
       if (++issue_step == my_steps) {
@@ -651,9 +652,7 @@ __global__ void __launch_bounds__(kStagedMaxWarps * 32, staged_min_blocks(kBatch
   if constexpr (kBits) {
     for (int e = threadIdx.x; e < 256; e += blockDim.x) {
       const uint32_t h = Half<T>::bits(e4m3_to_float(e) * kE2m1ScaleBias);
-      const uint32_t value = h | (h << 16);
-#pragma unroll 8
-      for (int copy = 0; copy < 32; ++copy) lut[(e << 5) | ((copy + e) & 31)] = value;
+      fill_lane_copies(lut, e, h | (h << 16));
     }
     p.tensor_scale *= kE2m1OutputBias;
   } else {
@@ -698,9 +697,8 @@ __global__ void __launch_bounds__(kStagedMaxWarps * 32, staged_min_blocks(kBatch
           const uint8_t* row_scales = stage + kCodeBytes + (16 * r + g + 8 * h) * 8;
           if constexpr (kBits) {  // the per-lane scale table, as the element table is read
             const uint32_t pair = *reinterpret_cast<const uint16_t*>(row_scales + 2 * t);
-            const char* table = reinterpret_cast<const char*>(lut);
-            scale[h][0] = *reinterpret_cast<const uint32_t*>(table + lut_offset(pair, 0, lane * 8));
-            scale[h][1] = *reinterpret_cast<const uint32_t*>(table + lut_offset(pair, 1, lane * 8));
+            scale[h][0] = lane_lookup(lut, pair, 0, lane * 8);
+            scale[h][1] = lane_lookup(lut, pair, 1, lane * 8);
           } else if constexpr (kScale == ScaleKind::kE4m3Per16) {  // bytes 2t, 2t + 1
             const uint32_t pair = *reinterpret_cast<const uint16_t*>(row_scales + 2 * t);
             scale[h][0] = scale_lut[pair & 0xFF];
@@ -752,7 +750,7 @@ absl::Status launch_staged(const LinearParams& p, int warps, int max_blocks, cud
     return absl::InvalidArgumentError(
         absl::StrCat("fp4_linear: row_tiles = ", kRowTiles, ", pipeline_stages = ", kStages,
                      ", warps_per_block = ", warps, " need ", smem,
-                     " bytes of shared memory a block; the GPU ", "allows ", smem_limit));
+                     " bytes of shared memory a block; the GPU allows ", smem_limit));
   }
   VB_RETURN_IF_ERROR(
       cuda_status(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
@@ -772,6 +770,7 @@ absl::Status launch_staged(const LinearParams& p, int warps, int max_blocks, cud
   return absl::OkStatus();
 }
 
+// The staged variants built, as (batch tiles, row tiles, stages); kStagedVariants lists them.
 template <typename T, ScaleKind kScale>
 absl::Status launch_staged(const LinearParams& p, int warps, int row_tiles, int stages, bool bits,
                            int max_blocks, cudaStream_t stream) {
@@ -798,7 +797,7 @@ absl::Status launch_staged(const LinearParams& p, int warps, int row_tiles, int 
       " and pipeline_stages = ", stages, " (", kStagedVariants, ")"));
 }
 
-// The staged variants built, as (batch tiles, row tiles, stages), for each scale encoding.
+// The staged kernel for the weight's scale encoding.
 template <typename T>
 absl::Status launch_staged(const LinearParams& p, int warps, int row_tiles, int stages, bool bits,
                            int max_blocks, cudaStream_t stream) {
