@@ -5,7 +5,7 @@
 // the weight bytes streamed per second, and that rate as a fraction of a device-to-device
 // cudaMemcpy (read + write bytes) measured first. Each timed configuration is checked first.
 //
-//   build-gpu/bench/fp4_bench [--quick | --variants]
+//   build-gpu/bench/fp4_bench [--quick | --variants | --one STAGES ROW_TILES WARPS BATCH]
 #include <cuda_runtime_api.h>
 #include <torch/torch.h>
 
@@ -146,15 +146,12 @@ void sweep_variants(double copy_gbps, int64_t rotate_bytes, int reps) {
         options.row_tiles = v.row_tiles;
         options.warps_per_block = v.warps;
         options.bit_decode = v.bits;
-        auto run = [&](int i) {
-          check(fp4::fp4_linear(w4[i % copies].view, x.data_ptr(), batch, fp4::Activation::kBf16,
-                                nullptr, y.data_ptr(), nullptr, options),
-                "fp4_linear");
+        auto launch = [&](int i) {
+          return fp4::fp4_linear(w4[i % copies].view, x.data_ptr(), batch, fp4::Activation::kBf16,
+                                 nullptr, y.data_ptr(), nullptr, options);
         };
         y.fill_(std::numeric_limits<float>::quiet_NaN());
-        const absl::Status status =
-            fp4::fp4_linear(w4[0].view, x.data_ptr(), batch, fp4::Activation::kBf16, nullptr,
-                            y.data_ptr(), nullptr, options);
+        const absl::Status status = launch(0);
         if (!status.ok()) {
           std::printf("%-12s %5ld %7d %9d %6d %5d  not run: %s\n", shape.c_str(),
                       static_cast<long>(batch), v.stages, v.row_tiles, v.warps, v.bits,
@@ -168,7 +165,7 @@ void sweep_variants(double copy_gbps, int64_t rotate_bytes, int reps) {
                       v.bits, err);
           continue;
         }
-        const double ms = median_ms(reps, run);
+        const double ms = median_ms(reps, [&](int i) { check(launch(i), "fp4_linear"); });
         const double gbps = packed_bytes / (ms / 1e3) / 1e9;
         std::printf("%-12s %5ld %7d %9d %6d %5d  %9.1f %9.1f %7.2fx %11.0f %7.0f%%\n",
                     shape.c_str(), static_cast<long>(batch), v.stages, v.row_tiles, v.warps, v.bits,
@@ -183,6 +180,12 @@ void sweep_variants(double copy_gbps, int64_t rotate_bytes, int reps) {
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "";
   const bool quick = mode == "--quick";
+  if (!(argc == 1 || (argc == 2 && (quick || mode == "--variants")) ||
+        (argc == 6 && mode == "--one"))) {
+    std::fprintf(stderr,
+                 "usage: fp4_bench [--quick | --variants | --one STAGES ROW_TILES WARPS BATCH]\n");
+    return 2;
+  }
   if (vb::backends::cuda::visible_devices() == 0) {
     std::printf("fp4_bench: no CUDA device visible\n");
     return 0;
@@ -196,7 +199,7 @@ int main(int argc, char** argv) {
   const int reps = quick ? 10 : 50;
   const int64_t rotate_bytes = std::max<int64_t>(int64_t{4} * prop.l2CacheSize, 256 << 20);
   const auto bf16 = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
-  if (mode == "--one" && argc == 6) {
+  if (mode == "--one") {
     // One configuration, launched 5 times (for a profiler): --one STAGES ROW_TILES WARPS BATCH,
     // NVFP4 28672 x 8192.
     fp4::LinearOptions options;
