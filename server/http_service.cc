@@ -3,6 +3,7 @@
 #include <httplib.h>
 
 #include <atomic>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -304,11 +305,12 @@ struct HttpFace::Impl {
       }
     }
     if (const auto device = header.find("device_index"); device != header.end()) {
-      if (!device->is_number_integer()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("device_index is ", device->dump(), ": expected an integer"));
+      if (!device->is_number_integer() || device->get<int64_t>() < -1 ||
+          device->get<int64_t>() > std::numeric_limits<int32_t>::max()) {
+        return absl::InvalidArgumentError(absl::StrCat("device_index is ", device->dump(),
+                                                       ": expected -1 (any) or a device index"));
       }
-      args.device_index = device->get<int>();
+      args.device_index = static_cast<int>(device->get<int64_t>());
     }
     std::vector<std::string> weights;
     std::vector<uint64_t> weight_bytes;

@@ -323,7 +323,9 @@ TEST(OpsHttpTest, TheHttpFaceRunsTheNamedOpsAndRefusesBadCalls) {
                {{"input", x}}),
           "weights[0].byte_size");
   refused(call("left_spin.forward", {{"device_index", "gpu"}}, {{"u", u}, {"du", du}}),
-          "device_index");
+          "device_index is \"gpu\"");
+  refused(call("left_spin.forward", {{"device_index", int64_t{1} << 40}}, {{"u", u}, {"du", du}}),
+          "device_index is 1099511627776");
   // And it goes on serving.
   EXPECT_EQ(call("left_spin.forward", nlohmann::json::object(), {{"u", u}, {"du", du}}).status,
             200);
