@@ -4,7 +4,11 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "backends/cuda/copy_engine.h"
@@ -735,36 +739,70 @@ bool staged_applies(const LinearParams& p) {
          reinterpret_cast<uintptr_t>(p.scales) % 8 == 0;
 }
 
+// What a launch needs to know of a kernel on the current device: the SM count, the shared
+// memory a block may opt in to, and how many blocks of `threads` threads with `smem` bytes of
+// dynamic shared memory fit an SM. Queried once per kernel, device and shape, then cached:
+// asked on every call they cost microseconds of host time, which small layers at batch 1 feel.
+// The kernel's dynamic shared memory limit is raised here as needed (and never lowered, so a
+// cached answer for a larger size stays valid).
+struct LaunchFacts {
+  int sms = 0;
+  int smem_limit = 0;
+  int blocks_per_sm = 0;  // 0 where smem > smem_limit
+};
+
+absl::StatusOr<LaunchFacts> launch_facts(const void* kernel, int threads, size_t smem) {
+  int device = 0;
+  VB_RETURN_IF_ERROR(cuda_status(cudaGetDevice(&device), "cudaGetDevice"));
+  using Key = std::tuple<const void*, int, int, size_t>;
+  static std::mutex mutex;
+  static auto* facts = new std::map<Key, LaunchFacts>();
+  static auto* opened = new std::map<std::pair<const void*, int>, size_t>();
+  std::lock_guard<std::mutex> lock(mutex);
+  const Key key{kernel, device, threads, smem};
+  if (auto it = facts->find(key); it != facts->end()) return it->second;
+  LaunchFacts f;
+  VB_RETURN_IF_ERROR(cuda_status(
+      cudaDeviceGetAttribute(&f.sms, cudaDevAttrMultiProcessorCount, device), "SM count"));
+  VB_RETURN_IF_ERROR(cuda_status(
+      cudaDeviceGetAttribute(&f.smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+      "shared memory limit"));
+  if (smem <= static_cast<size_t>(f.smem_limit)) {
+    size_t& open = (*opened)[{kernel, device}];
+    if (smem > open) {
+      VB_RETURN_IF_ERROR(
+          cuda_status(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(smem)),
+                      "cudaFuncSetAttribute"));
+      open = smem;
+    }
+    VB_RETURN_IF_ERROR(cuda_status(
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&f.blocks_per_sm, kernel, threads, smem),
+        "cudaOccupancyMaxActiveBlocksPerMultiprocessor"));
+  }
+  facts->emplace(key, f);
+  return f;
+}
+
 template <typename T, ScaleKind kScale, int kBatchTiles, int kRowTiles, int kStages, bool kBits>
 absl::Status launch_staged(const LinearParams& p, int warps, int max_blocks, cudaStream_t stream) {
   auto* kernel = staged_linear_kernel<T, kScale, kBatchTiles, kRowTiles, kStages, kBits>;
   const size_t smem = staged_smem_bytes(kBits, p.batch, kRowTiles, kStages, warps);
-  int device = 0, sms = 0, smem_limit = 0, per_sm = 0;
-  VB_RETURN_IF_ERROR(cuda_status(cudaGetDevice(&device), "cudaGetDevice"));
-  VB_RETURN_IF_ERROR(cuda_status(
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "SM count"));
-  VB_RETURN_IF_ERROR(cuda_status(
-      cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-      "shared memory limit"));
-  if (smem > static_cast<size_t>(smem_limit)) {
+  VB_ASSIGN_OR_RETURN(const LaunchFacts facts,
+                      launch_facts(reinterpret_cast<const void*>(kernel), warps * 32, smem));
+  if (smem > static_cast<size_t>(facts.smem_limit)) {
     return absl::InvalidArgumentError(
         absl::StrCat("fp4_linear: row_tiles = ", kRowTiles, ", pipeline_stages = ", kStages,
                      ", warps_per_block = ", warps, " need ", smem,
-                     " bytes of shared memory a block; the GPU allows ", smem_limit));
+                     " bytes of shared memory a block; the GPU allows ", facts.smem_limit));
   }
-  VB_RETURN_IF_ERROR(
-      cuda_status(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-                  "cudaFuncSetAttribute"));
-  VB_RETURN_IF_ERROR(
-      cuda_status(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, warps * 32, smem),
-                  "cudaOccupancyMaxActiveBlocksPerMultiprocessor"));
-  if (per_sm == 0) {
+  if (facts.blocks_per_sm == 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("fp4_linear: row_tiles = ", kRowTiles, ", pipeline_stages = ", kStages,
                      ", warps_per_block = ", warps, ": a block does not fit an SM"));
   }
   const int64_t groups = (p.n + 16 * kRowTiles - 1) / (16 * kRowTiles);
-  int64_t grid = std::min<int64_t>(groups, int64_t{sms} * per_sm);
+  int64_t grid = std::min<int64_t>(groups, int64_t{facts.sms} * facts.blocks_per_sm);
   if (max_blocks > 0) grid = std::min<int64_t>(grid, max_blocks);
   kernel<<<static_cast<int>(grid), warps * 32, smem, stream>>>(p);
   return absl::OkStatus();
