@@ -6,6 +6,7 @@
 // cudaMemcpy (read + write bytes) measured first. Each timed configuration is checked first.
 //
 //   build-gpu/bench/fp4_bench [--quick | --variants | --one STAGES ROW_TILES WARPS BATCH]
+//   (--one: STAGES 'direct1' or 'direct2' for the direct kernel)
 #include <cuda_runtime_api.h>
 #include <torch/torch.h>
 
@@ -110,18 +111,22 @@ void sweep_variants(double copy_gbps, int64_t rotate_bytes, int reps) {
   struct Variant {
     int stages, row_tiles, warps;
     bool bits;
+    int direct = 0;
   };
-  const std::vector<Variant> small = {{0, 0, 8, false}, {2, 2, 8, false}, {2, 2, 8, true},
-                                      {4, 2, 8, true},  {2, 2, 16, true}, {2, 1, 16, true},
-                                      {3, 1, 16, true}};
+  const std::vector<Variant> small = {
+      {0, 0, 8, false},    {2, 2, 8, false},    {2, 2, 8, true},     {4, 2, 8, true},
+      {2, 2, 16, true},    {2, 1, 16, true},    {3, 1, 16, true},    {-1, 1, 8, true, 1},
+      {-1, 2, 8, true, 1}, {-1, 1, 8, true, 2}, {-1, 2, 8, true, 2}, {-1, 0, 0, true, -1}};
   const std::vector<Variant> large = {{0, 0, 8, false}, {2, 2, 4, false}, {2, 2, 4, true},
                                       {2, 2, 8, true},  {3, 2, 4, true},  {2, 4, 8, true}};
   const auto bf16 = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
   std::printf(
       "\nnvfp4 kernel variants (stages 0: register kernel; bits: E2M1 decoded with bit "
-      "operations)\n%-12s %5s %7s %9s %6s %5s  %9s %9s %8s %11s %8s\n",
-      "N x K", "batch", "stages", "row_tiles", "warps", "bits", "fp4 us", "bf16 us", "speedup",
-      "weight GB/s", "of copy");
+      "operations; direct: the direct kernel's k segments an MMA)\n%-12s %5s %7s %9s %6s %5s %6s  "
+      "%9s %9s %8s %11s "
+      "%8s\n",
+      "N x K", "batch", "stages", "row_tiles", "warps", "bits", "direct", "fp4 us", "bf16 us",
+      "speedup", "weight GB/s", "of copy");
   for (auto [n, k] : {std::pair<int64_t, int64_t>{28672, 8192}, {8192, 8192}}) {
     const std::string shape = std::to_string(n) + "x" + std::to_string(k);
     const int64_t packed_bytes = n * k / 2 + n * (k / 16);
@@ -134,7 +139,7 @@ void sweep_variants(double copy_gbps, int64_t rotate_bytes, int reps) {
     at::Tensor scratch = torch::empty({n, k}, bf16);
     check(fp4::dequantize_to_bf16(w4[0].view, static_cast<uint16_t*>(scratch.data_ptr()), nullptr),
           "dequantize_to_bf16");
-    for (int64_t batch : {1, 4, 8, 16}) {
+    for (int64_t batch : {1, 2, 4, 8, 16}) {
       const at::Tensor x = torch::randn({batch, k}, bf16);
       at::Tensor y = torch::empty({batch, n}, bf16);
       const at::Tensor ref = at::linear(x.to(at::kFloat), scratch.to(at::kFloat));
@@ -146,6 +151,7 @@ void sweep_variants(double copy_gbps, int64_t rotate_bytes, int reps) {
         options.row_tiles = v.row_tiles;
         options.warps_per_block = v.warps;
         options.bit_decode = v.bits;
+        options.direct = v.direct;
         auto launch = [&](int i) {
           return fp4::fp4_linear(w4[i % copies].view, x.data_ptr(), batch, fp4::Activation::kBf16,
                                  nullptr, y.data_ptr(), nullptr, options);
@@ -153,23 +159,26 @@ void sweep_variants(double copy_gbps, int64_t rotate_bytes, int reps) {
         y.fill_(std::numeric_limits<float>::quiet_NaN());
         const absl::Status status = launch(0);
         if (!status.ok()) {
-          std::printf("%-12s %5ld %7d %9d %6d %5d  not run: %s\n", shape.c_str(),
-                      static_cast<long>(batch), v.stages, v.row_tiles, v.warps, v.bits,
+          std::printf("%-12s %5ld %7d %9d %6d %5d %6d  not run: %s\n", shape.c_str(),
+                      static_cast<long>(batch), v.stages, v.row_tiles, v.warps, v.bits, v.direct,
                       std::string(status.message()).c_str());
           continue;
         }
         const double err = relative_error(y, ref);
         if (!(err < 1e-2)) {
-          std::printf("CHECK FAILED %s batch %ld stages %d row_tiles %d warps %d bits %d: %.3e\n",
-                      shape.c_str(), static_cast<long>(batch), v.stages, v.row_tiles, v.warps,
-                      v.bits, err);
+          std::printf(
+              "CHECK FAILED %s batch %ld stages %d row_tiles %d warps %d bits %d direct %d: "
+              "%.3e\n",
+              shape.c_str(), static_cast<long>(batch), v.stages, v.row_tiles, v.warps, v.bits,
+              v.direct, err);
           continue;
         }
         const double ms = median_ms(reps, [&](int i) { check(launch(i), "fp4_linear"); });
         const double gbps = packed_bytes / (ms / 1e3) / 1e9;
-        std::printf("%-12s %5ld %7d %9d %6d %5d  %9.1f %9.1f %7.2fx %11.0f %7.0f%%\n",
+        std::printf("%-12s %5ld %7d %9d %6d %5d %6d  %9.1f %9.1f %7.2fx %11.0f %7.0f%%\n",
                     shape.c_str(), static_cast<long>(batch), v.stages, v.row_tiles, v.warps, v.bits,
-                    ms * 1e3, bf16_ms * 1e3, bf16_ms / ms, gbps, 100.0 * gbps / copy_gbps);
+                    v.direct, ms * 1e3, bf16_ms * 1e3, bf16_ms / ms, gbps,
+                    100.0 * gbps / copy_gbps);
       }
     }
   }
@@ -183,7 +192,8 @@ int main(int argc, char** argv) {
   if (!(argc == 1 || (argc == 2 && (quick || mode == "--variants")) ||
         (argc == 6 && mode == "--one"))) {
     std::fprintf(stderr,
-                 "usage: fp4_bench [--quick | --variants | --one STAGES ROW_TILES WARPS BATCH]\n");
+                 "usage: fp4_bench [--quick | --variants | --one STAGES ROW_TILES WARPS BATCH]\n"
+                 "  (--one: STAGES 'direct1' or 'direct2' for the direct kernel)\n");
     return 2;
   }
   if (vb::backends::cuda::visible_devices() == 0) {
@@ -203,7 +213,12 @@ int main(int argc, char** argv) {
     // One configuration, launched 5 times (for a profiler): --one STAGES ROW_TILES WARPS BATCH,
     // NVFP4 28672 x 8192.
     fp4::LinearOptions options;
-    options.pipeline_stages = std::atoi(argv[2]);
+    if (std::strncmp(argv[2], "direct", 6) == 0) {  // direct1, direct2: its k segments
+      options.direct = std::atoi(argv[2] + 6);
+    } else {
+      options.pipeline_stages = std::atoi(argv[2]);
+      options.direct = 0;
+    }
     options.row_tiles = std::atoi(argv[3]);
     options.warps_per_block = std::atoi(argv[4]);
     const int64_t batch = std::atoi(argv[5]);

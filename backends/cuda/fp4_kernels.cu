@@ -405,34 +405,16 @@ __device__ __forceinline__ void load_x(const LinearParams& p, int64_t kt, int g,
   }
 }
 
-// The split-K sum of a block: every warp's accumulators go to shared memory (`partial`,
-// warps x 16 kRowTiles x 8 kBatchTiles floats, which may alias the decode table: the caller
-// has synchronized), then the block adds them per output in warp order (so the result does
-// not depend on timing), applies the tensor scale and the bias, and writes y. Bias and y move as
-// whole 16-bit words (one ld/st.global.u16 each): a 2-byte memcpy here became two single-byte
-// accesses per element, and on the GPU the output's low byte came back as 0.
-template <typename T, int kRowTiles, int kBatchTiles>
-__device__ __forceinline__ void reduce_and_store(const LinearParams& p,
-                                                 const float (&acc)[kRowTiles][kBatchTiles][4],
-                                                 float* partial, int64_t row0) {
-  constexpr int kRows = 16 * kRowTiles;
-  constexpr int kCols = 8 * kBatchTiles;
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
+// The second half of the split-K sum (after each warp wrote its sums to `partial`, warps x
+// kRows x kCols floats, and the block synchronized): the block adds them per output in warp
+// order (so the result does not depend on timing), applies the tensor scale and the bias, and
+// writes y. Bias and y move as whole 16-bit words (one ld/st.global.u16 each): a 2-byte memcpy
+// here became two single-byte accesses per element, and on the GPU the output's low byte came
+// back as 0.
+template <typename T, int kRows, int kCols>
+__device__ __forceinline__ void add_partials_and_store(const LinearParams& p, const float* partial,
+                                                       int64_t row0) {
   const int warps = blockDim.x >> 5;
-  const int g = lane >> 2;
-  const int t = lane & 3;
-#pragma unroll
-  for (int r = 0; r < kRowTiles; ++r)
-#pragma unroll
-    for (int bt = 0; bt < kBatchTiles; ++bt)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int row = 16 * r + g + 8 * (i / 2);
-        const int b = 8 * bt + 2 * t + (i % 2);
-        partial[(warp * kRows + row) * kCols + b] = acc[r][bt][i];
-      }
-  __syncthreads();
   const uint16_t* bias = static_cast<const uint16_t*>(p.bias);
   uint16_t* y = static_cast<uint16_t*>(p.y);
   for (int i = threadIdx.x; i < kRows * kCols; i += blockDim.x) {
@@ -446,6 +428,33 @@ __device__ __forceinline__ void reduce_and_store(const LinearParams& p,
     if (bias != nullptr) sum += Half<T>::to_float(bias[n]);
     y[b * p.n + n] = static_cast<uint16_t>(Half<T>::bits(sum));
   }
+}
+
+// The split-K sum of a block: every warp's accumulators go to shared memory (`partial`,
+// warps x 16 kRowTiles x 8 kBatchTiles floats, which may alias the decode table: the caller
+// has synchronized), then add_partials_and_store.
+template <typename T, int kRowTiles, int kBatchTiles>
+__device__ __forceinline__ void reduce_and_store(const LinearParams& p,
+                                                 const float (&acc)[kRowTiles][kBatchTiles][4],
+                                                 float* partial, int64_t row0) {
+  constexpr int kRows = 16 * kRowTiles;
+  constexpr int kCols = 8 * kBatchTiles;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int g = lane >> 2;
+  const int t = lane & 3;
+#pragma unroll
+  for (int r = 0; r < kRowTiles; ++r)
+#pragma unroll
+    for (int bt = 0; bt < kBatchTiles; ++bt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int row = 16 * r + g + 8 * (i / 2);
+        const int b = 8 * bt + 2 * t + (i % 2);
+        partial[(warp * kRows + row) * kCols + b] = acc[r][bt][i];
+      }
+  __syncthreads();
+  add_partials_and_store<T, kRows, kCols>(p, partial, row0);
 }
 
 // The general kernel (any k that is a multiple of 16): each step's codes, scales and x are
@@ -853,6 +862,293 @@ absl::Status launch_staged(const LinearParams& p, int warps, int row_tiles, int 
                                                   stream);
 }
 
+// ---------------------------------------------------------------------------------------
+// The direct kernel: NVFP4 with bf16 activations, batch <= 8, k a multiple of 128, x small
+// enough to keep in shared memory (kDirectMaxXBytes). The staged kernel's copy ring costs a
+// shared-memory write and read of every code byte and a 32 KiB scale table a block; here each
+// lane loads its 16 code bytes of its two MMA rows (and their two scale bytes) straight into
+// registers, two steps ahead of the one it computes, and converts the scales with arithmetic.
+// x is copied into shared memory once per block, already permuted for e2m1_bits. Blocks own
+// row groups and their 8 warps split k as in the other kernels (warp w takes steps w, w + 8,
+// ...), adding their partial sums in warp order.
+//
+// Measured on the H200, 28672 x 8192, batch 1 (docs/fp4.md): 50.8 us (2.19x bf16 cuBLAS)
+// with two segments and two row tiles, against 55-58 us for the staged kernel. A plain read of
+// the codes alone in the same shape takes ~34 us (whole lines) to ~36 us (64-byte pieces):
+// the remaining time is the decode and MMA work not hidden behind the loads. Loading 3 or 4
+// steps ahead, and unrolling the step loop twice, measured slower.
+
+constexpr int kDirectWarps = 8;
+constexpr int64_t kDirectMaxXBytes = 64 * 1024;
+// The direct kernel is the default (two segments, two row tiles) up to this batch and from
+// this many rows; below, the persistent grid has too few row groups per block to balance, and
+// the staged kernel measured as fast (docs/fp4.md).
+constexpr int64_t kDirectDefaultMaxBatch = 4;
+constexpr int64_t kDirectDefaultMinRows = 16384;
+
+// Scale bytes 0 and 1 of `pair` (E4M3) as bf16 pairs holding e4m3 * 2^119 in both halves, the
+// scale that bit decoding needs (see kE2m1ScaleBias); exact, NaN stays NaN.
+__device__ __forceinline__ void e4m3_pair_to_scales(uint32_t pair, uint32_t& first,
+                                                    uint32_t& second) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  uint32_t halves;  // both bytes as fp16, exactly (E4M3 fits fp16), low byte in the low half
+  asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(halves) : "h"(static_cast<unsigned short>(pair)));
+  __half2 h;
+  std::memcpy(&h, &halves, 4);
+  const float f0 = __low2float(h) * kE2m1ScaleBias;
+  const float f1 = __high2float(h) * kE2m1ScaleBias;
+#else
+  const float f0 = e4m3_to_float(pair & 0xFFu) * kE2m1ScaleBias;
+  const float f1 = e4m3_to_float((pair >> 8) & 0xFFu) * kE2m1ScaleBias;
+#endif
+  const __nv_bfloat162 b0 = __floats2bfloat162_rn(f0, f0);
+  const __nv_bfloat162 b1 = __floats2bfloat162_rn(f1, f1);
+  std::memcpy(&first, &b0, 4);
+  std::memcpy(&second, &b1, 4);
+}
+
+// 16 bytes streamed past L1 (each code byte is read once).
+__device__ __forceinline__ uint4 load_streaming(const uint8_t* src) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(src));
+  return v;
+}
+
+// The four bf16 pairs of code word q, equal to e2m1_bits(q << 4 i) for i = 0..3 (nibbles
+// 3 - i and 7 - i), from left shifts (which the compiler may issue as IMAD.SHL on the FMA
+// pipe) and a single right shift, rather than a right shift per pair on the integer pipe.
+__device__ __forceinline__ void e2m1_word_bits(uint32_t q, uint32_t (&pairs)[4]) {
+  const uint32_t q8 = q >> 8;
+  auto pick = [](uint32_t sign_source, uint32_t magnitude_source) {
+    return (sign_source & 0x80008000u) | (magnitude_source & 0x01C001C0u);
+  };
+  pairs[0] = pick(q8 << 8, q8 << 2);   // nibbles 3, 7
+  pairs[1] = pick(q8 << 12, q8 << 6);  // 2, 6
+  pairs[2] = pick(q << 8, q << 2);     // 1, 5
+  pairs[3] = pick(q << 12, q << 6);    // 0, 4
+}
+
+template <int kRowTiles>
+struct DirectStage {
+  uint4 codes[kRowTiles][2];      // the lane's 16 bytes of its two rows of each tile
+  uint32_t scales[kRowTiles][2];  // their two block-scale bytes
+};
+
+// kSegments (1 or 2): the MMA's 16 rows are 16 / kSegments weight rows times kSegments
+// consecutive 128-wide k segments, and its 8 columns batch rows times segments (column
+// b * kSegments + s holds batch row b's x of segment s). With 2, one 16-byte load of a warp
+// covers 4 rows x 128 bytes (whole 128-byte lines) instead of 8 rows x 64 bytes: measured on
+// the H200 as a plain read, 64-byte pieces stream ~10% slower than whole lines. The products of
+// row segment s with x of another segment land in columns that are never read. Batch <= 8 /
+// kSegments.
+//
+// The grid is persistent (as many blocks as fit the GPU at once, or fewer): block b takes row
+// groups b, b + grid, ..., so x is staged once per block, and each warp's loads run on across
+// its groups, kDepth steps ahead of the one it computes (a shift register of stages).
+template <int kRowTiles, int kSegments, int kDepth, int kMinBlocks>
+__global__ void __launch_bounds__(kDirectWarps * 32, kMinBlocks)
+    direct_linear_kernel(LinearParams p) {
+  static_assert(kSegments == 1 || kSegments == 2, "one or two segments");
+  constexpr int kTileRows = 16 / kSegments;  // weight rows of an MMA tile
+  constexpr int kRows = kTileRows * kRowTiles;
+  constexpr int kStep = kStepK * kSegments;  // k of one step
+  extern __shared__ __align__(16) uint8_t smem[];
+  float* partial = reinterpret_cast<float*>(smem);
+  uint4* x_words = reinterpret_cast<uint4*>(smem + kDirectWarps * kRows * 8 * 4);
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  const int segment = g % kSegments;  // of MMA rows g and g + 8, and of MMA column g
+
+  const int64_t groups = (p.n + kRows - 1) / kRows;
+  const int my_groups =
+      blockIdx.x < groups ? static_cast<int>((groups - 1 - blockIdx.x) / gridDim.x) + 1 : 0;
+  const int64_t group_stride = int64_t{gridDim.x} * kRows;  // rows from one group to the next
+  const int steps = static_cast<int>(p.k / kStep);
+  const int my_steps = warp < steps ? (steps - warp + kDirectWarps - 1) / kDirectWarps : 0;
+  const int64_t row_bytes = p.k / 2;
+  const int64_t scale_row_bytes = p.k / 16;
+
+  // The load side: the warp's steps of each of its groups, as one sequence.
+  int issue_left = my_groups * my_steps;
+  int issue_step = 0;
+  int64_t issue_row0 = int64_t{blockIdx.x} * kRows;
+  const uint8_t* code_src[kRowTiles][2];
+  const uint16_t* scale_src[kRowTiles][2];
+  auto load = [&](DirectStage<kRowTiles>& stage) {
+    if (issue_left <= 0) return;  // past the last step: the stage is never read
+    if (issue_step == 0) {
+#pragma unroll
+      for (int r = 0; r < kRowTiles; ++r) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {  // MMA rows g and g + 8
+          const int64_t wanted = issue_row0 + kTileRows * r + (g + 8 * h) / kSegments;
+          const int64_t row = wanted < p.n ? wanted : p.n - 1;  // rows past n are never stored
+          code_src[r][h] = p.codes + row * row_bytes + warp * (kStep / 2) + 64 * segment + 16 * t;
+          scale_src[r][h] = reinterpret_cast<const uint16_t*>(
+              static_cast<const uint8_t*>(p.scales) + row * scale_row_bytes + warp * (kStep / 16) +
+              8 * segment + 2 * t);
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kRowTiles; ++r) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        stage.codes[r][h] = load_streaming(code_src[r][h]);
+        stage.scales[r][h] = __ldg(scale_src[r][h]);
+        code_src[r][h] += kStep / 2 * kDirectWarps;
+        scale_src[r][h] += kStep / 32 * kDirectWarps;  // kStep / 16 bytes a step
+      }
+    }
+    --issue_left;
+    if (++issue_step == my_steps) {
+      issue_step = 0;
+      issue_row0 += group_stride;
+    }
+  };
+  DirectStage<kRowTiles> ring[kDepth];
+#pragma unroll
+  for (int s = 0; s < kDepth; ++s) load(ring[s]);
+  // While the first steps load: x, each 8 elements permuted as permute_x_for_e2m1 does per step
+  // in the staged kernel.
+  const int x_groups = static_cast<int>(p.batch * p.k / 8);
+  for (int i = threadIdx.x; i < x_groups; i += blockDim.x) {
+    const uint4 v = __ldg(static_cast<const uint4*>(p.x) + i);
+    x_words[i] = make_uint4(__byte_perm(v.y, v.w, 0x7632), __byte_perm(v.y, v.w, 0x5410),
+                            __byte_perm(v.x, v.z, 0x7632), __byte_perm(v.x, v.z, 0x5410));
+  }
+  __syncthreads();  // x is in shared memory
+
+  // MMA column g: batch row g / kSegments, segment g % kSegments; zeros past the batch.
+  const int x_row = g / kSegments;
+  const bool x_live = x_row < p.batch;
+  const uint4* const x_first =
+      x_words + (x_live ? x_row : 0) * (p.k / 8) + warp * (kStep / 8) + 16 * segment + 4 * t;
+  p.tensor_scale *= kE2m1OutputBias;
+  for (int group = 0; group < my_groups; ++group) {
+    const int64_t row0 = int64_t{blockIdx.x} * kRows + group * group_stride;
+    const uint4* x_src = x_first;
+    float acc[kRowTiles][4] = {};
+    for (int i = 0; i < my_steps; ++i) {
+      const DirectStage<kRowTiles> stage = ring[0];
+#pragma unroll
+      for (int s = 0; s + 1 < kDepth; ++s) ring[s] = ring[s + 1];
+      load(ring[kDepth - 1]);
+      uint32_t xp[16];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const uint4 v = x_live ? x_src[q] : make_uint4(0, 0, 0, 0);
+        xp[4 * q] = v.x;
+        xp[4 * q + 1] = v.y;
+        xp[4 * q + 2] = v.z;
+        xp[4 * q + 3] = v.w;
+      }
+      x_src += kStep / 8 * kDirectWarps;
+#pragma unroll
+      for (int r = 0; r < kRowTiles; ++r) {
+        uint32_t scale[2][2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          e4m3_pair_to_scales(stage.scales[r][h], scale[h][0], scale[h][1]);
+        }
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+          uint32_t lo[4], hi[4];  // MMA rows g and g + 8
+          e2m1_word_bits((&stage.codes[r][0].x)[w], lo);
+          e2m1_word_bits((&stage.codes[r][1].x)[w], hi);
+          const int half = w / 2;  // words 0, 1 are k 0..15 of the lane (one block), 2, 3 the next
+#pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            uint32_t a[4];
+            a[0] = Half<__nv_bfloat16>::mul2(lo[2 * u], scale[0][half]);
+            a[1] = Half<__nv_bfloat16>::mul2(hi[2 * u], scale[1][half]);
+            a[2] = Half<__nv_bfloat16>::mul2(lo[2 * u + 1], scale[0][half]);
+            a[3] = Half<__nv_bfloat16>::mul2(hi[2 * u + 1], scale[1][half]);
+            Half<__nv_bfloat16>::mma(acc[r], a, xp[4 * w + 2 * u], xp[4 * w + 2 * u + 1]);
+          }
+        }
+      }
+    }
+    if constexpr (kSegments == 1) {
+      float tiles[kRowTiles][1][4];
+#pragma unroll
+      for (int r = 0; r < kRowTiles; ++r)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) tiles[r][0][i] = acc[r][i];
+      reduce_and_store<__nv_bfloat16, kRowTiles, 1>(p, tiles, partial, row0);
+    } else {
+      // Lane (g, t) holds columns 2t (segment 0) and 2t + 1 (segment 1) of batch row t: its own
+      // segment's sums of MMA rows g and g + 8, added to the other segment's from lane g ^ 1.
+#pragma unroll
+      for (int r = 0; r < kRowTiles; ++r) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float sum = segment == 0 ? acc[r][2 * h] : acc[r][2 * h + 1];  // no dynamic index
+          sum += __shfl_xor_sync(0xffffffffu, sum, 4);
+          if (segment == 0) {
+            const int row = kTileRows * r + (g + 8 * h) / 2;
+            partial[(warp * kRows + row) * 4 + t] = sum;
+          }
+        }
+      }
+      __syncthreads();
+      add_partials_and_store<__nv_bfloat16, kRows, 4>(p, partial, row0);
+    }
+    __syncthreads();  // the partial sums are read before the next group writes them
+  }
+}
+
+// Whether the direct kernel with `segments` k segments an MMA can take this call (see its
+// comment).
+bool direct_applies(const LinearParams& p, Activation type, int segments) {
+  return p.format == Format::kNvfp4 && type == Activation::kBf16 &&
+         p.k % (kStepK * segments) == 0 && p.batch <= 8 / segments &&
+         int64_t{p.batch} * p.k * 2 <= kDirectMaxXBytes &&
+         reinterpret_cast<uintptr_t>(p.codes) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(p.scales) % 2 == 0;
+}
+
+constexpr const char* kDirectVariants =
+    "built: direct = 1 or 2 with row_tiles 1 or 2 and pipeline_stages 2 (3 and 4 measured "
+    "slower)";
+
+// depth: the steps each warp loads ahead (LinearOptions::pipeline_stages).
+absl::Status launch_direct(const LinearParams& p, int segments, int row_tiles, int depth,
+                           int max_blocks, cudaStream_t stream) {
+  void (*kernel)(LinearParams) = nullptr;
+#define VB_DIRECT(S, R, D, B) \
+  if (segments == S && row_tiles == R && depth == D) kernel = direct_linear_kernel<R, S, D, B>;
+  VB_DIRECT(1, 1, 2, 3)
+  VB_DIRECT(1, 2, 2, 2)
+  VB_DIRECT(2, 1, 2, 3)
+  VB_DIRECT(2, 2, 2, 2)
+#undef VB_DIRECT
+  if (kernel == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "fp4_linear: no direct kernel for direct = ", segments, " with row_tiles = ", row_tiles,
+        " and pipeline_stages = ", depth, " (", kDirectVariants, ")"));
+  }
+  const int rows = 16 / segments * row_tiles;
+  const size_t smem = size_t{4} * kDirectWarps * rows * 8 + size_t{2} * p.batch * p.k;
+  VB_ASSIGN_OR_RETURN(const LaunchFacts facts,
+                      launch_facts(reinterpret_cast<const void*>(kernel), kDirectWarps * 32, smem));
+  if (facts.blocks_per_sm == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("fp4_linear: the direct kernel needs ", smem,
+                                                   " bytes of shared memory a block; the GPU "
+                                                   "allows ",
+                                                   facts.smem_limit));
+  }
+  const int64_t groups = (p.n + rows - 1) / rows;
+  int64_t grid = std::min<int64_t>(groups, int64_t{facts.sms} * facts.blocks_per_sm);
+  if (max_blocks > 0) grid = std::min<int64_t>(grid, max_blocks);
+  kernel<<<static_cast<int>(grid), kDirectWarps * 32, smem, stream>>>(p);
+  return absl::OkStatus();
+}
+
 template <typename T>
 void launch_fused(const LinearParams& p, int threads, cudaStream_t stream) {
   const int batch_tiles = p.batch <= 8 ? 1 : 2;
@@ -946,7 +1242,42 @@ absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t b
   if ((weight.n + 15) / 16 > 0x7FFFFFFF) {
     return absl::InvalidArgumentError(absl::StrCat(kWhat, ": n = ", weight.n, " is too large"));
   }
-  // The defaults, as measured on the H200 (docs/fp4.md): the staged kernel wherever it applies.
+  // The defaults, as measured on the H200 (docs/fp4.md): the direct kernel with two segments
+  // where it applies from kDirectDefaultMinRows rows up to kDirectDefaultMaxBatch batch rows,
+  // else the staged kernel wherever it applies.
+  if (options.direct < -1 || options.direct > 2) {
+    return absl::InvalidArgumentError(absl::StrCat(kWhat, ": direct = ", options.direct,
+                                                   ": expected -1 (chosen), 0 (never), 1 or 2"));
+  }
+  if (options.direct > 0) {
+    const int segments = options.direct;
+    if (!direct_applies(p, type, segments)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kWhat, ": direct = ", segments,
+          " needs NVFP4 weights, bf16 activations, batch <= ", 8 / segments, ", k a multiple of ",
+          kStepK * segments, ", batch * k * 2 <= ", kDirectMaxXBytes,
+          " bytes of x and 16-byte aligned codes; got ", backends::fp4::format_name(weight.format),
+          type == Activation::kBf16 ? " bf16" : " fp16", ", batch = ", batch, ", k = ", weight.k));
+    }
+    if (asked_warps != 0 && asked_warps != kDirectWarps) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kWhat, ": direct = ", segments, " runs ", kDirectWarps,
+                       " warps; got warps_per_block = ", asked_warps));
+    }
+  }
+  int direct_segments = options.direct > 0 ? options.direct : 0;
+  if (options.direct == -1 && options.pipeline_stages == -1 && options.bit_decode &&
+      batch <= kDirectDefaultMaxBatch && weight.n >= kDirectDefaultMinRows &&
+      (asked_warps == 0 || asked_warps == kDirectWarps) && direct_applies(p, type, 2)) {
+    direct_segments = 2;
+  }
+  if (direct_segments > 0) {
+    const int row_tiles = options.row_tiles != 0 ? options.row_tiles : 2;
+    const int depth = options.pipeline_stages > 0 ? options.pipeline_stages : 2;
+    VB_RETURN_IF_ERROR(
+        launch_direct(p, direct_segments, row_tiles, depth, options.max_blocks, stream));
+    return launch_status(kWhat);
+  }
   int stages = options.pipeline_stages;
   if (stages < 0) stages = staged_applies(p) ? 2 : 0;
   const int row_tiles = options.row_tiles != 0 ? options.row_tiles : 2;

@@ -6,9 +6,12 @@
 //  - fp4_linear: y = x W^T (+ bias) for batch 1..16 with x, y in bf16 or fp16, float32
 //    accumulation, reading the packed codes and scales directly: each weight byte is read
 //    once per call and no dequantized weight is written anywhere. Tensor-core mma.sync
-//    (m16n8k16): each warp decodes its weights into registers through a per-lane copy of a
-//    256-entry byte -> two-16-bit-values table in shared memory, multiplies by the block scale
-//    in the 16-bit type, and feeds the products to the MMA with the batch as its N side.
+//    (m16n8k16): each warp decodes its weights into registers (a per-lane table in shared
+//    memory, or bit operations for NVFP4 with bf16), multiplies by the block scale in the
+//    16-bit type, and feeds the products to the MMA with the batch as its N side. Three
+//    kernels: the register kernel (any k), the staged kernel (a cp.async ring in shared memory)
+//    and the direct kernel (NVFP4 + bf16, batch <= 8: loads straight into registers);
+//    LinearOptions picks one, the defaults are the measured best (docs/fp4.md).
 //  - Above 16 rows, callers dequantize to bf16 into a scratch buffer (dequantize_to_bf16) and
 //    run a bf16 GEMM (cuBLAS); docs/fp4.md says where that crosses over.
 //
@@ -86,6 +89,12 @@ struct LinearOptions {
   // Staged kernel, NVFP4 with bf16 activations: decode E2M1 with bit operations rather than
   // the shared-memory table.
   bool bit_decode = true;
+  // The direct kernel (NVFP4, bf16 activations, k a multiple of 128 x direct, at most 64 KiB of
+  // x): codes and scales loaded straight into registers, x kept in shared memory. 1 or 2: use
+  // it with that many 128-wide k segments an MMA (2: whole 128-byte lines a load, batch <= 4;
+  // 1: batch <= 8), INVALID_ARGUMENT where it cannot run (row_tiles 1 or 2, 8 warps);
+  // 0: never; -1: chosen at small batches where the other fields leave the choice open.
+  int direct = -1;
 };
 
 // y[b, j] = sum_k x[b, k] * W[j, k] (+ bias[j]) for b < batch, j < n. x: [batch, k] (16-byte

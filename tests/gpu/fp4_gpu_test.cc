@@ -178,6 +178,7 @@ struct LinearCase {
   int row_tiles = 0;
   int max_blocks = 0;
   bool bits = true;  // LinearOptions::bit_decode
+  int direct = -1;   // LinearOptions::direct
 };
 
 void check_linear(const LinearCase& c, unsigned seed) {
@@ -187,7 +188,7 @@ void check_linear(const LinearCase& c, unsigned seed) {
       " batch=" + std::to_string(c.batch) + " warps=" + std::to_string(c.warps) +
       " stages=" + std::to_string(c.stages) + " row_tiles=" + std::to_string(c.row_tiles) +
       " max_blocks=" + std::to_string(c.max_blocks) + (c.bits ? "" : " table") +
-      (c.bias ? " +bias" : "");
+      " direct=" + std::to_string(c.direct) + (c.bias ? " +bias" : "");
   const std::vector<float> wf = gaussian(c.n * c.k, seed, 0.02f);
   auto q = cpu::quantize(wf.data(), c.n, c.k, c.format);
   ASSERT_TRUE(q.ok()) << q.status();
@@ -212,6 +213,7 @@ void check_linear(const LinearCase& c, unsigned seed) {
     options.row_tiles = c.row_tiles;
     options.max_blocks = c.max_blocks;
     options.bit_decode = c.bits;
+    options.direct = c.direct;
     const absl::Status status =
         fp4_linear((*device)->view(), dx.get(), c.batch, c.type, c.bias ? dbias.get() : nullptr,
                    dy.get(), nullptr, options);
@@ -296,6 +298,27 @@ TEST(Fp4GpuTest, FusedLinearMatchesFloat64) {
   for (int64_t batch : {2, 11}) {
     check_linear({Format::kNvfp4, 9000, 256, batch, Activation::kBf16, true, 0}, seed++);
   }
+  // The direct kernel (NVFP4, bf16), every variant built (k segments, row tiles), some with
+  // fewer blocks than row groups so that each block walks several: batches up
+  // to its limit, steps that do not divide among its 8 warps (1792 = 14 or 7 steps; 256 = 2 or
+  // 1: warps with none), rows past n, many blocks, and the largest x it keeps in shared memory
+  // (64 KiB).
+  struct Direct {
+    int segments, row_tiles, depth, max_blocks;
+  };
+  for (const Direct& d :
+       std::vector<Direct>{{1, 1, 2, 0}, {1, 2, 2, 3}, {2, 1, 2, 2}, {2, 2, -1, 1}, {2, 2, 2, 0}}) {
+    const int64_t max_batch = 8 / d.segments;
+    auto direct_case = [&](int64_t n, int64_t k, int64_t batch, bool bias) {
+      check_linear({Format::kNvfp4, n, k, batch, Activation::kBf16, bias, 0, d.depth, d.row_tiles,
+                    d.max_blocks, true, d.segments},
+                   seed++);
+    };
+    for (int64_t batch : {int64_t{1}, int64_t{3}, max_batch}) direct_case(200, 1792, batch, true);
+    direct_case(37, 256, 2, true);
+    direct_case(9000, 256, 1, false);
+    direct_case(100, 32768 / max_batch, max_batch, true);
+  }
 }
 
 // Every NVFP4 code under extreme block scales (zero, the smallest subnormal E4M3, 448, negative,
@@ -328,29 +351,38 @@ TEST(Fp4GpuTest, FusedLinearReadsEveryCodeAndScaleExactly) {
     const char* name;
     int stages;
     bool bits;
+    int direct;
+    int rows_per_call;  // one-hot batch rows (the direct kernel takes at most 8)
   };
   for (Activation type : {Activation::kBf16, Activation::kFp16}) {
-    for (const Path& path : {Path{"register kernel", 0, false}, Path{"staged, table", 2, false},
-                             Path{"staged, bit decode", 2, true}}) {
+    std::vector<Path> paths = {Path{"register kernel", 0, false, 0, 16},
+                               Path{"staged, table", 2, false, 0, 16},
+                               Path{"staged, bit decode", 2, true, 0, 16}};
+    if (type == Activation::kBf16) {
+      paths.push_back(Path{"direct, one segment", -1, true, 1, 8});
+      paths.push_back(Path{"direct, two segments", -1, true, 2, 4});
+    }
+    for (const Path& path : paths) {
       LinearOptions options;
       options.pipeline_stages = path.stages;
       options.bit_decode = path.bits;
+      options.direct = path.direct;
+      const int rows = path.rows_per_call;
       int64_t mismatches = 0;
-      for (int64_t k0 = 0; k0 < w.k; k0 += 16) {  // 16 one-hot rows a call
-        std::vector<uint16_t> x(16 * w.k, 0);
+      for (int64_t k0 = 0; k0 < w.k; k0 += rows) {  // `rows` one-hot rows a call
+        std::vector<uint16_t> x(rows * w.k, 0);
         const uint16_t one = type == Activation::kBf16 ? cpu::float_to_bf16_bits(1.0f)
                                                        : cpu::float_to_fp16_bits(1.0f);
-        for (int b = 0; b < 16; ++b) x[b * w.k + k0 + b] = one;
-        Buffer dx(x.size() * 2), dy(16 * w.n * 2);
+        for (int b = 0; b < rows; ++b) x[b * w.k + k0 + b] = one;
+        Buffer dx(x.size() * 2), dy(rows * w.n * 2);
         dx.upload(x);
         dy.poison();
-        ASSERT_TRUE(
-            fp4_linear((*device)->view(), dx.get(), 16, type, nullptr, dy.get(), nullptr, options)
-                .ok())
-            << path.name;
+        const absl::Status status = fp4_linear((*device)->view(), dx.get(), rows, type, nullptr,
+                                               dy.get(), nullptr, options);
+        ASSERT_TRUE(status.ok()) << path.name << ": " << status;
         ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-        const std::vector<uint16_t> y = dy.download<uint16_t>(16 * w.n);
-        for (int b = 0; b < 16; ++b) {
+        const std::vector<uint16_t> y = dy.download<uint16_t>(rows * w.n);
+        for (int b = 0; b < rows; ++b) {
           for (int64_t j = 0; j < w.n; ++j) {
             // A sum that starts from +0 cannot end at -0: a -0 weight reads as +0.
             const float weight = deq[j * w.k + k0 + b];
@@ -423,6 +455,48 @@ TEST(Fp4GpuTest, FusedLinearRefusesBadArguments) {
                                           nullptr, y16.get(), nullptr, options);
   EXPECT_TRUE(absl::IsInvalidArgument(too_big)) << too_big;
   EXPECT_NE(too_big.message().find("bytes of shared memory"), absl::string_view::npos) << too_big;
+  // The direct kernel where it cannot run (NF4; fp16; 16 rows), asked for with a copy ring or
+  // another warp count, an unbuilt row tile, and a bad value of the option.
+  auto direct_call = [&](const DeviceWeight& weight, const void* x_ptr, int64_t batch,
+                         Activation type, void* y_ptr, const LinearOptions& o) {
+    return fp4_linear(weight.view(), x_ptr, batch, type, nullptr, y_ptr, nullptr, o);
+  };
+  LinearOptions direct;
+  direct.direct = 1;
+  const absl::Status nf4 = direct_call(**device, x.get(), 1, Activation::kBf16, y.get(), direct);
+  EXPECT_TRUE(absl::IsInvalidArgument(nf4)) << nf4;
+  EXPECT_NE(nf4.message().find("got nf4 bf16"), absl::string_view::npos) << nf4;
+  const absl::Status fp16 =
+      direct_call(**device128, x128.get(), 1, Activation::kFp16, y128.get(), direct);
+  EXPECT_NE(fp16.message().find("got nvfp4 fp16"), absl::string_view::npos) << fp16;
+  const absl::Status sixteen =
+      direct_call(**device128, x16.get(), 16, Activation::kBf16, y16.get(), direct);
+  EXPECT_NE(sixteen.message().find("batch = 16"), absl::string_view::npos) << sixteen;
+  direct.pipeline_stages = 5;
+  const absl::Status deep =
+      direct_call(**device128, x128.get(), 1, Activation::kBf16, y128.get(), direct);
+  EXPECT_NE(deep.message().find("pipeline_stages = 5"), absl::string_view::npos) << deep;
+  direct.pipeline_stages = -1;
+  direct.warps_per_block = 4;
+  const absl::Status warps =
+      direct_call(**device128, x128.get(), 1, Activation::kBf16, y128.get(), direct);
+  EXPECT_NE(warps.message().find("warps_per_block = 4"), absl::string_view::npos) << warps;
+  direct.warps_per_block = 0;
+  direct.row_tiles = 3;
+  const absl::Status tiles =
+      direct_call(**device128, x128.get(), 1, Activation::kBf16, y128.get(), direct);
+  EXPECT_NE(tiles.message().find("row_tiles = 3"), absl::string_view::npos) << tiles;
+  direct.row_tiles = 0;
+  direct.direct = 3;
+  const absl::Status bad =
+      direct_call(**device128, x128.get(), 1, Activation::kBf16, y128.get(), direct);
+  EXPECT_NE(bad.message().find("direct = 3"), absl::string_view::npos) << bad;
+  // Two segments need k a multiple of 256 and at most 4 batch rows.
+  direct.direct = 2;
+  const absl::Status narrow =
+      direct_call(**device128, x128.get(), 1, Activation::kBf16, y128.get(), direct);
+  EXPECT_NE(narrow.message().find("k a multiple of 256"), absl::string_view::npos) << narrow;
+  EXPECT_NE(narrow.message().find("k = 128"), absl::string_view::npos) << narrow;
 }
 
 }  // namespace
