@@ -5,7 +5,8 @@
 // the weight bytes streamed per second, and that rate as a fraction of a device-to-device
 // cudaMemcpy (read + write bytes) measured first. Each timed configuration is checked first.
 //
-//   build-gpu/bench/fp4_bench [--quick | --variants | --one STAGES ROW_TILES WARPS BATCH]
+//   build-gpu/bench/fp4_bench [--quick | --variants | --shapes | --one STAGES ROW_TILES WARPS
+//   BATCH]
 //   (--one: STAGES 'direct1' or 'direct2' for the direct kernel)
 #include <cuda_runtime_api.h>
 #include <torch/torch.h>
@@ -21,6 +22,7 @@
 
 #include "backends/cuda/copy_engine.h"
 #include "backends/cuda/fp4_kernels.h"
+#include "bench/read_probe.h"
 #include "bench/timing.h"
 
 namespace {
@@ -184,16 +186,71 @@ void sweep_variants(double copy_gbps, int64_t rotate_bytes, int reps) {
   }
 }
 
+// Median microseconds of a plain read (bench/read_probe.h) of the first `bytes` of each of
+// `buffers` in turn.
+double plain_read_us(const std::vector<at::Tensor>& buffers, int64_t bytes, int sms, int reps,
+                     uint32_t* sink) {
+  return 1e3 * median_ms(reps, [&](int i) {
+           vb::bench::launch_plain_read(buffers[i % buffers.size()].data_ptr(), bytes, sms, 8,
+                                        sink);
+         });
+}
+
+// How fast the GPU reads the 28672 x 8192 NVFP4 codes (28672 rows of 4096 bytes) in each warp
+// load shape, against a plain read and a copy of the same bytes: the ceiling of each layout.
+void sweep_read_shapes(int sms, int64_t rotate_bytes, int reps) {
+  const int rows = 28672, row_bytes = 4096;
+  const int64_t bytes = int64_t{rows} * row_bytes;
+  const auto u8 = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kUInt8);
+  const int copies = static_cast<int>(std::max<int64_t>(2, rotate_bytes / bytes + 1));
+  std::vector<at::Tensor> buffers;
+  for (int i = 0; i < copies; ++i) buffers.push_back(torch::randint(0, 256, {bytes}, u8));
+  at::Tensor dst = torch::empty({bytes}, u8);
+  at::Tensor sink = torch::zeros({1}, torch::TensorOptions().device(torch::kCUDA).dtype(at::kInt));
+  auto* sink_ptr = static_cast<uint32_t*>(sink.data_ptr());
+  const double copy_us =
+      1e3 * median_ms(reps, [&](int i) {
+        check_cuda(cudaMemcpyAsync(dst.data_ptr(), buffers[i % copies].data_ptr(), bytes,
+                                   cudaMemcpyDeviceToDevice, nullptr),
+                   "cudaMemcpyAsync");
+      });
+  const double read_us = plain_read_us(buffers, bytes, sms, reps, sink_ptr);
+  std::printf("\nreading %d rows x %d bytes (%.1f MB, the NVFP4 codes of 28672 x 8192)\n", rows,
+              row_bytes, bytes / 1e6);
+  std::printf("%-44s %9s %9s %8s\n", "shape", "us", "GB/s", "of read");
+  std::printf("%-44s %9.1f %9.0f %8s\n", "cudaMemcpy device to device (bytes read)", copy_us,
+              bytes / copy_us / 1e3, "");
+  std::printf("%-44s %9.1f %9.0f %7.2fx\n", "plain read (grid-stride, 16-byte loads)", read_us,
+              bytes / read_us / 1e3, 1.0);
+  for (int rows_per_load : {1, 2, 4, 8, 16}) {
+    for (int in_flight : {4, 8}) {
+      const double us =
+          1e3 * median_ms(reps, [&](int i) {
+            if (!vb::bench::launch_rows_read(buffers[i % copies].data_ptr(), rows, row_bytes,
+                                             rows_per_load, in_flight, sink_ptr)) {
+              std::fprintf(stderr, "rows_read: shape not built\n");
+              std::exit(1);
+            }
+          });
+      const std::string shape = "warp load " + std::to_string(rows_per_load) + " rows x " +
+                                std::to_string(512 / rows_per_load) + " B, " +
+                                std::to_string(in_flight) + " in flight";
+      std::printf("%-44s %9.1f %9.0f %7.2fx\n", shape.c_str(), us, bytes / us / 1e3, read_us / us);
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "";
   const bool quick = mode == "--quick";
-  if (!(argc == 1 || (argc == 2 && (quick || mode == "--variants")) ||
+  if (!(argc == 1 || (argc == 2 && (quick || mode == "--variants" || mode == "--shapes")) ||
         (argc == 6 && mode == "--one"))) {
-    std::fprintf(stderr,
-                 "usage: fp4_bench [--quick | --variants | --one STAGES ROW_TILES WARPS BATCH]\n"
-                 "  (--one: STAGES 'direct1' or 'direct2' for the direct kernel)\n");
+    std::fprintf(
+        stderr,
+        "usage: fp4_bench [--quick | --variants | --shapes | --one STAGES ROW_TILES WARPS BATCH]\n"
+        "  (--one: STAGES 'direct1' or 'direct2' for the direct kernel)\n");
     return 2;
   }
   if (vb::backends::cuda::visible_devices() == 0) {
@@ -237,9 +294,17 @@ int main(int argc, char** argv) {
     sweep_variants(copy_gbps, rotate_bytes, reps);
     return 0;
   }
+  if (mode == "--shapes") {
+    sweep_read_shapes(prop.multiProcessorCount, rotate_bytes, reps);
+    return 0;
+  }
 
-  std::printf("\n%-7s %-12s %5s  %10s %10s %8s  %10s %8s  %s\n", "format", "N x K", "batch",
-              "fp4 us", "bf16 us", "speedup", "weight GB/s", "of copy", "path");
+  // "read us": a plain read of as many bytes as the packed weight (bench/read_probe.h), the
+  // least time any kernel streaming that weight can take; "of read" is it over "fp4 us".
+  std::printf("\n%-7s %-12s %5s  %10s %10s %8s  %10s %8s  %8s %7s  %s\n", "format", "N x K",
+              "batch", "fp4 us", "bf16 us", "speedup", "weight GB/s", "of copy", "read us",
+              "of read", "path");
+  at::Tensor sink = torch::zeros({1}, torch::TensorOptions().device(torch::kCUDA).dtype(at::kInt));
   const std::vector<Format> formats = {Format::kNvfp4, Format::kMxfp4, Format::kNf4,
                                        Format::kBnbFp4};
   for (auto [n, k] : {std::pair<int64_t, int64_t>{28672, 8192}, {8192, 8192}}) {
@@ -249,6 +314,13 @@ int main(int argc, char** argv) {
     std::vector<at::Tensor> w16;
     for (int i = 0; i < bf16_copies; ++i) w16.push_back(torch::randn({n, k}, bf16) * 0.02);
     at::Tensor scratch = torch::empty({n, k}, bf16);
+    const int64_t read_bytes = n * k / 2 + n * k / 16;  // the largest packed weight
+    const int read_copies = static_cast<int>(std::max<int64_t>(2, rotate_bytes / read_bytes + 1));
+    std::vector<at::Tensor> read_buffers;
+    for (int i = 0; i < read_copies; ++i) {
+      read_buffers.push_back(torch::randint(
+          0, 256, {read_bytes}, torch::TensorOptions().device(torch::kCUDA).dtype(torch::kUInt8)));
+    }
 
     for (Format format : formats) {
       const int64_t blocks = n * (k / vb::backends::fp4::block_size(format));
@@ -256,6 +328,8 @@ int main(int argc, char** argv) {
       const int copies = static_cast<int>(std::max<int64_t>(2, rotate_bytes / packed_bytes + 1));
       std::vector<Fp4Copy> w4;
       for (int i = 0; i < copies; ++i) w4.push_back(make_weight(format, n, k));
+      const double read_us = plain_read_us(read_buffers, packed_bytes, prop.multiProcessorCount,
+                                           reps, static_cast<uint32_t*>(sink.data_ptr()));
 
       for (int64_t batch : {1, 16, 256}) {
         const at::Tensor x = torch::randn({batch, k}, bf16);
@@ -296,10 +370,11 @@ int main(int argc, char** argv) {
           const bool use_fused = fused && path == 0;
           const double ms = median_ms(reps, [&](int i) { run_fp4(i, use_fused); });
           const double gbps = packed_bytes / (ms / 1e3) / 1e9;
-          std::printf("%-7s %-12s %5ld  %10.1f %10.1f %7.2fx  %10.0f %7.0f%%  %s\n",
+          std::printf("%-7s %-12s %5ld  %10.1f %10.1f %7.2fx  %10.0f %7.0f%%  %8.1f %6.0f%%  %s\n",
                       vb::backends::fp4::format_name(format), shape.c_str(),
                       static_cast<long>(batch), ms * 1e3, bf16_ms * 1e3, bf16_ms / ms, gbps,
-                      100.0 * gbps / copy_gbps, use_fused ? "fused" : "dequant+gemm");
+                      100.0 * gbps / copy_gbps, read_us, 100.0 * read_us / (ms * 1e3),
+                      use_fused ? "fused" : "dequant+gemm");
         }
       }
     }

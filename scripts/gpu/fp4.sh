@@ -4,7 +4,7 @@
 # kernels changed.
 #
 #   device run, carry [".debs"]:  bash scripts/gpu/fp4.sh   (VB_FP4_PROFILE=1: Nsight Compute
-#   instead of the benchmark; VB_FP4_BENCH=variants|table|both)
+#   instead of the benchmark; VB_FP4_BENCH=variants,table,shapes: which benchmarks)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-/tmp/vb-gpu-out}
@@ -51,13 +51,16 @@ if [[ "${VB_FP4_PROFILE:-0}" == 1 ]]; then
   done
   exit "$tests_rc"
 fi
-# VB_FP4_BENCH: "variants" (the kernel-variant sweep), "table" (every format, the defaults) or
-# "both" (the default).
-bench=${VB_FP4_BENCH:-both}
-if [[ "$bench" == variants || "$bench" == both ]]; then
-  build-gpu/bench/fp4_bench --variants 2>&1 | tee "$out/fp4-variants.txt"
-fi
-if [[ "$bench" == table || "$bench" == both ]]; then
-  build-gpu/bench/fp4_bench 2>&1 | tee "$out/fp4-bench.txt"
-fi
+# VB_FP4_BENCH: which benchmarks, comma-separated: "variants" (the kernel-variant sweep),
+# "table" (every format, the defaults, against a plain read of the same bytes), "shapes" (how
+# fast each warp load shape reads the weight); default all three.
+IFS=, read -ra benches <<< "${VB_FP4_BENCH:-variants,table,shapes}"
+for bench in "${benches[@]}"; do
+  case "$bench" in
+    variants) build-gpu/bench/fp4_bench --variants 2>&1 | tee "$out/fp4-variants.txt" ;;
+    table) build-gpu/bench/fp4_bench 2>&1 | tee "$out/fp4-bench.txt" ;;
+    shapes) build-gpu/bench/fp4_bench --shapes 2>&1 | tee "$out/fp4-shapes.txt" ;;
+    *) echo "VB_FP4_BENCH: unknown benchmark '$bench' (variants, table, shapes)"; exit 2 ;;
+  esac
+done
 exit "$tests_rc"

@@ -1,0 +1,26 @@
+// Plain reads of device memory, the ceiling that a kernel streaming the same bytes can reach:
+// fp4_bench prints the 4-bit Linear against a read of its packed weight, and against the
+// access shapes the kernels use (bench/read_probe.cu).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace vb::bench {
+
+// Reads `bytes` (a multiple of 16, 16-byte aligned) at `src` once: 16-byte loads that skip
+// L1, four in flight per thread, a grid of `blocks_per_sm` blocks of 256 threads an SM.
+// Enqueued on the legacy default stream; `sink` (4 device bytes) keeps the loads alive.
+void launch_plain_read(const void* src, size_t bytes, int sms, int blocks_per_sm, uint32_t* sink);
+
+// Reads `rows` rows (a multiple of rows_per_load) of `row_bytes` (a multiple of 512) at `src`,
+// each warp owning
+// `rows_per_load` consecutive rows (1, 2, 4, 8 or 16) and reading 512 / rows_per_load bytes
+// of each per 16-byte load: the shape of one warp load, from one row x 512 bytes to 16 rows x
+// 32 bytes (the 4-bit kernels' MMA layout loads 8 rows x 64 bytes, or 4 x 128 with two k
+// segments). `loads_in_flight` (4 or 8) loads per thread are issued before any is used.
+// Returns false for a shape that is not built.
+bool launch_rows_read(const void* src, int rows, int row_bytes, int rows_per_load,
+                      int loads_in_flight, uint32_t* sink);
+
+}  // namespace vb::bench
