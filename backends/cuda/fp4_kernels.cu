@@ -317,12 +317,23 @@ __device__ __forceinline__ void mma_row_tile(float (&acc)[kBatchTiles][4], const
 constexpr float kE2m1ScaleBias = 0x1p119f;
 constexpr float kE2m1OutputBias = 0x1p7f;
 
-__device__ __forceinline__ uint32_t e2m1_bits(uint32_t shifted_word) {
-  // Nibbles 3 and 7 of the (shifted) word: sign bits 15 and 31, magnitudes at 6..8 and 22..24.
-  return (shifted_word & 0x80008000u) | ((shifted_word & 0x70007000u) >> 6);
+// The four bf16 pairs of code word q: pairs[i] holds nibbles 3 - i and 7 - i, each as
+// (q << 4 i) & 0x80008000 (the signs, bits 15 and 31) | ((q << 4 i) >> 6) & 0x01C001C0 (the
+// magnitudes, bits 6..8 and 22..24). Built from left shifts (which the compiler may issue as
+// IMAD.SHL on the FMA pipe) and one right shift, rather than a right shift per pair on the
+// integer pipe.
+__device__ __forceinline__ void e2m1_word_bits(uint32_t q, uint32_t (&pairs)[4]) {
+  const uint32_t q8 = q >> 8;
+  auto pick = [](uint32_t sign_source, uint32_t magnitude_source) {
+    return (sign_source & 0x80008000u) | (magnitude_source & 0x01C001C0u);
+  };
+  pairs[0] = pick(q8 << 8, q8 << 2);   // nibbles 3, 7
+  pairs[1] = pick(q8 << 12, q8 << 6);  // 2, 6
+  pairs[2] = pick(q << 8, q << 2);     // 1, 5
+  pairs[3] = pick(q << 12, q << 6);    // 0, 4
 }
 
-// x pairs in the element order of e2m1_bits: for word w of the lane's 32 k, MMA u (0, 1) takes
+// x pairs in the element order of e2m1_word_bits: for word w of the lane's 32 k, MMA u (0, 1) takes
 // elements (3 - 2u, 7 - 2u) as its first pair and (2 - 2u, 6 - 2u) as its second. `xs` holds
 // x[kt + 2q], x[kt + 2q + 1] in xs[q]; the result holds MMA (w, u)'s pairs at 4 w + 2 u + v.
 template <int kBatchTiles>
@@ -348,16 +359,17 @@ __device__ __forceinline__ void mma_row_tile_e2m1(float (&acc)[kBatchTiles][4], 
   using H = Half<__nv_bfloat16>;
 #pragma unroll
   for (int w = 0; w < 4; ++w) {
-    const uint32_t q0 = (&c0.x)[w];  // row g
-    const uint32_t q1 = (&c1.x)[w];  // row g + 8
-    const int half = w / 2;          // words 0, 1 are k 0..15 (one block), 2, 3 the next
+    uint32_t lo[4], hi[4];  // rows g and g + 8
+    e2m1_word_bits((&c0.x)[w], lo);
+    e2m1_word_bits((&c1.x)[w], hi);
+    const int half = w / 2;  // words 0, 1 are k 0..15 (one block), 2, 3 the next
 #pragma unroll
     for (int u = 0; u < 2; ++u) {
       uint32_t a[4];
-      a[0] = H::mul2(e2m1_bits(q0 << (8 * u)), scale[0][half]);
-      a[1] = H::mul2(e2m1_bits(q1 << (8 * u)), scale[1][half]);
-      a[2] = H::mul2(e2m1_bits(q0 << (8 * u + 4)), scale[0][half]);
-      a[3] = H::mul2(e2m1_bits(q1 << (8 * u + 4)), scale[1][half]);
+      a[0] = H::mul2(lo[2 * u], scale[0][half]);
+      a[1] = H::mul2(hi[2 * u], scale[1][half]);
+      a[2] = H::mul2(lo[2 * u + 1], scale[0][half]);
+      a[3] = H::mul2(hi[2 * u + 1], scale[1][half]);
 #pragma unroll
       for (int bt = 0; bt < kBatchTiles; ++bt) {
         H::mma(acc[bt], a, xp[bt][4 * w + 2 * u], xp[bt][4 * w + 2 * u + 1]);
@@ -868,7 +880,7 @@ absl::Status launch_staged(const LinearParams& p, int warps, int row_tiles, int 
 // shared-memory write and read of every code byte and a 32 KiB scale table a block; here each
 // lane loads its 16 code bytes of its two MMA rows (and their two scale bytes) straight into
 // registers, two steps ahead of the one it computes, and converts the scales with arithmetic.
-// x is copied into shared memory once per block, already permuted for e2m1_bits. Blocks own
+// x is copied into shared memory once per block, already permuted for e2m1_word_bits. Blocks own
 // row groups and their 8 warps split k as in the other kernels (warp w takes steps w, w + 8,
 // ...), adding their partial sums in warp order.
 //
@@ -914,20 +926,6 @@ __device__ __forceinline__ uint4 load_streaming(const uint8_t* src) {
       : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
       : "l"(src));
   return v;
-}
-
-// The four bf16 pairs of code word q, equal to e2m1_bits(q << 4 i) for i = 0..3 (nibbles
-// 3 - i and 7 - i), from left shifts (which the compiler may issue as IMAD.SHL on the FMA
-// pipe) and a single right shift, rather than a right shift per pair on the integer pipe.
-__device__ __forceinline__ void e2m1_word_bits(uint32_t q, uint32_t (&pairs)[4]) {
-  const uint32_t q8 = q >> 8;
-  auto pick = [](uint32_t sign_source, uint32_t magnitude_source) {
-    return (sign_source & 0x80008000u) | (magnitude_source & 0x01C001C0u);
-  };
-  pairs[0] = pick(q8 << 8, q8 << 2);   // nibbles 3, 7
-  pairs[1] = pick(q8 << 12, q8 << 6);  // 2, 6
-  pairs[2] = pick(q << 8, q << 2);     // 1, 5
-  pairs[3] = pick(q << 12, q << 6);    // 0, 4
 }
 
 template <int kRowTiles>
@@ -1032,20 +1030,20 @@ __global__ void __launch_bounds__(kDirectWarps * 32, kMinBlocks)
   for (int group = 0; group < my_groups; ++group) {
     const int64_t row0 = int64_t{blockIdx.x} * kRows + group * group_stride;
     const uint4* x_src = x_first;
-    float acc[kRowTiles][4] = {};
+    float acc[kRowTiles][1][4] = {};  // one batch tile
     for (int i = 0; i < my_steps; ++i) {
       const DirectStage<kRowTiles> stage = ring[0];
 #pragma unroll
       for (int s = 0; s + 1 < kDepth; ++s) ring[s] = ring[s + 1];
       load(ring[kDepth - 1]);
-      uint32_t xp[16];
+      uint32_t xp[1][16];
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
         const uint4 v = x_live ? x_src[q] : make_uint4(0, 0, 0, 0);
-        xp[4 * q] = v.x;
-        xp[4 * q + 1] = v.y;
-        xp[4 * q + 2] = v.z;
-        xp[4 * q + 3] = v.w;
+        xp[0][4 * q] = v.x;
+        xp[0][4 * q + 1] = v.y;
+        xp[0][4 * q + 2] = v.z;
+        xp[0][4 * q + 3] = v.w;
       }
       x_src += kStep / 8 * kDirectWarps;
 #pragma unroll
@@ -1055,31 +1053,11 @@ __global__ void __launch_bounds__(kDirectWarps * 32, kMinBlocks)
         for (int h = 0; h < 2; ++h) {
           e4m3_pair_to_scales(stage.scales[r][h], scale[h][0], scale[h][1]);
         }
-#pragma unroll
-        for (int w = 0; w < 4; ++w) {
-          uint32_t lo[4], hi[4];  // MMA rows g and g + 8
-          e2m1_word_bits((&stage.codes[r][0].x)[w], lo);
-          e2m1_word_bits((&stage.codes[r][1].x)[w], hi);
-          const int half = w / 2;  // words 0, 1 are k 0..15 of the lane (one block), 2, 3 the next
-#pragma unroll
-          for (int u = 0; u < 2; ++u) {
-            uint32_t a[4];
-            a[0] = Half<__nv_bfloat16>::mul2(lo[2 * u], scale[0][half]);
-            a[1] = Half<__nv_bfloat16>::mul2(hi[2 * u], scale[1][half]);
-            a[2] = Half<__nv_bfloat16>::mul2(lo[2 * u + 1], scale[0][half]);
-            a[3] = Half<__nv_bfloat16>::mul2(hi[2 * u + 1], scale[1][half]);
-            Half<__nv_bfloat16>::mma(acc[r], a, xp[4 * w + 2 * u], xp[4 * w + 2 * u + 1]);
-          }
-        }
+        mma_row_tile_e2m1<1>(acc[r], stage.codes[r][0], stage.codes[r][1], scale, xp);
       }
     }
     if constexpr (kSegments == 1) {
-      float tiles[kRowTiles][1][4];
-#pragma unroll
-      for (int r = 0; r < kRowTiles; ++r)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) tiles[r][0][i] = acc[r][i];
-      reduce_and_store<__nv_bfloat16, kRowTiles, 1>(p, tiles, partial, row0);
+      reduce_and_store<__nv_bfloat16, kRowTiles, 1>(p, acc, partial, row0);
     } else {
       // Lane (g, t) holds columns 2t (segment 0) and 2t + 1 (segment 1) of batch row t: its own
       // segment's sums of MMA rows g and g + 8, added to the other segment's from lane g ^ 1.
@@ -1087,7 +1065,7 @@ __global__ void __launch_bounds__(kDirectWarps * 32, kMinBlocks)
       for (int r = 0; r < kRowTiles; ++r) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          float sum = segment == 0 ? acc[r][2 * h] : acc[r][2 * h + 1];  // no dynamic index
+          float sum = segment == 0 ? acc[r][0][2 * h] : acc[r][0][2 * h + 1];  // static index
           sum += __shfl_xor_sync(0xffffffffu, sum, 4);
           if (segment == 0) {
             const int row = kTileRows * r + (g + 8 * h) / 2;
