@@ -928,6 +928,17 @@ __device__ __forceinline__ uint4 load_streaming(const uint8_t* src) {
   return v;
 }
 
+// The row-split kernel reads x from shared memory in 16-byte words: word w of x row `row` (w
+// counted from the row's start) is stored at w ^ x_word_swizzle(row, w), which moves it within
+// its aligned group of four. The 8 lanes of a quarter warp that read together (MMA groups 2i
+// and 2i + 1, lanes t = 0..3, one q) would otherwise fall in 2 groups of banks, 4-way
+// conflicts: lanes t and t ^ 2 differ only in bit 3 of w, and the two MMA groups in the row.
+// (The same swizzle in the direct kernel, where two segments conflict the same way, measured
+// slower on the H200: 51 -> 59 us at 28672 x 8192, batch 1; it is not used there.)
+__device__ __forceinline__ int x_word_swizzle(int row, int w) {
+  return ((w >> 3) & 1) | ((((w >> 4) ^ row) & 1) << 1);
+}
+
 template <int kRowTiles>
 struct DirectStage {
   uint4 codes[kRowTiles][2];      // the lane's 16 bytes of its two rows of each tile
@@ -1127,6 +1138,162 @@ absl::Status launch_direct(const LinearParams& p, int segments, int row_tiles, i
   return absl::OkStatus();
 }
 
+// ---------------------------------------------------------------------------------------
+// The row-split kernel: NVFP4 with bf16 activations, batch 9..16, k a multiple of 128. The
+// staged kernel's warps split k, so each copies its own x: 4 KB of x (16 batch rows x 128 k)
+// per 2 KB of codes and scales, twice the weight's bytes again through L2 and shared memory.
+// Here the 8 warps of a block own 16 rows each (128 rows a block) over the whole of k, and
+// share x: the block stages it in slices of kRowSplitSlice k (16 batch rows, permuted for
+// e2m1_word_bits) in two shared-memory buffers, loading the next slice into registers while
+// it computes the current one. Codes and scales go straight into registers kRowSplitDepth
+// steps ahead, as in the direct kernel. Each warp has the whole sum of its rows, so it writes
+// y itself: no split-K reduction.
+
+constexpr int kRowSplitWarps = 8;
+constexpr int kRowSplitDepth = 3;
+constexpr int kRowSplitSlice = 512;                           // k of one x slice
+constexpr int kRowSplitSliceWords = 16 * kRowSplitSlice / 8;  // uint4 words of one slice
+
+__global__ void __launch_bounds__(kRowSplitWarps * 32, 2) row_split_linear_kernel(LinearParams p) {
+  constexpr int kRows = 16 * kRowSplitWarps;
+  constexpr int kStepsPerSlice = kRowSplitSlice / kStepK;
+  constexpr int kFillWords = kRowSplitSliceWords / (kRowSplitWarps * 32);  // per thread
+  __shared__ uint4 x_slices[2][kRowSplitSliceWords];  // [buffer][batch row][k / 8]
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  const int64_t row0 = int64_t{blockIdx.x} * kRows + 16 * warp;  // the warp's 16 rows
+  const int steps = static_cast<int>(p.k / kStepK);
+  const int slices = (steps + kStepsPerSlice - 1) / kStepsPerSlice;
+
+  // x slice `slice` into registers: this thread's kFillWords words of it, zero past the batch
+  // or past k, and then permuted into buffer `buffer`.
+  uint4 fill[kFillWords];
+  auto load_slice = [&](int slice) {
+#pragma unroll
+    for (int i = 0; i < kFillWords; ++i) {
+      const int word = threadIdx.x + i * kRowSplitWarps * 32;
+      const int b = word / (kRowSplitSlice / 8);
+      const int64_t k = int64_t{slice} * kRowSplitSlice + 8 * (word % (kRowSplitSlice / 8));
+      fill[i] = b < p.batch && k < p.k ? __ldg(reinterpret_cast<const uint4*>(
+                                             static_cast<const __nv_bfloat16*>(p.x) + b * p.k + k))
+                                       : make_uint4(0, 0, 0, 0);
+    }
+  };
+  auto store_slice = [&](int buffer) {
+#pragma unroll
+    for (int i = 0; i < kFillWords; ++i) {
+      const uint4 v = fill[i];
+      const int word = threadIdx.x + i * kRowSplitWarps * 32;
+      const int b = word / (kRowSplitSlice / 8);
+      const int w = word % (kRowSplitSlice / 8);
+      x_slices[buffer][b * (kRowSplitSlice / 8) + (w ^ x_word_swizzle(b, w))] =
+          make_uint4(__byte_perm(v.y, v.w, 0x7632), __byte_perm(v.y, v.w, 0x5410),
+                     __byte_perm(v.x, v.z, 0x7632), __byte_perm(v.x, v.z, 0x5410));
+    }
+  };
+
+  // The warp's codes and scales, step after step along k.
+  const int64_t row_bytes = p.k / 2;
+  const int64_t scale_row_bytes = p.k / 16;
+  const uint8_t* code_src[2];
+  const uint16_t* scale_src[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int64_t wanted = row0 + g + 8 * h;
+    const int64_t row = wanted < p.n ? wanted : p.n - 1;  // rows past n are never stored
+    code_src[h] = p.codes + row * row_bytes + 16 * t;
+    scale_src[h] = reinterpret_cast<const uint16_t*>(static_cast<const uint8_t*>(p.scales) +
+                                                     row * scale_row_bytes + 2 * t);
+  }
+  int issue_left = steps;
+  auto load = [&](DirectStage<1>& stage) {
+    if (issue_left <= 0) return;  // past the last step: the stage is never read
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      stage.codes[0][h] = load_streaming(code_src[h]);
+      stage.scales[0][h] = __ldg(scale_src[h]);
+      code_src[h] += kStepK / 2;
+      scale_src[h] += kStepK / 32;  // 8 bytes a step
+    }
+    --issue_left;
+  };
+  DirectStage<1> ring[kRowSplitDepth];
+#pragma unroll
+  for (int s = 0; s < kRowSplitDepth; ++s) load(ring[s]);
+  load_slice(0);
+  store_slice(0);
+  __syncthreads();
+
+  float acc[2][4] = {};  // batch tiles 0..7 and 8..15
+  for (int slice = 0; slice < slices; ++slice) {
+    const bool more = slice + 1 < slices;
+    if (more) load_slice(slice + 1);  // in flight while this slice computes
+    const uint4* x_rows = x_slices[slice & 1];
+    const int slice_steps = min(kStepsPerSlice, steps - slice * kStepsPerSlice);
+    for (int j = 0; j < slice_steps; ++j) {
+      const DirectStage<1> stage = ring[0];
+#pragma unroll
+      for (int s = 0; s + 1 < kRowSplitDepth; ++s) ring[s] = ring[s + 1];
+      load(ring[kRowSplitDepth - 1]);
+      uint32_t xp[2][16];  // batch rows g and g + 8: the lane's 32 k of this step
+#pragma unroll
+      for (int bt = 0; bt < 2; ++bt) {
+        const int w = 16 * j + 4 * t;
+        const uint4* x_src = x_rows + (g + 8 * bt) * (kRowSplitSlice / 8) + w;
+        const int swizzle = x_word_swizzle(g + 8 * bt, w);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const uint4 v = x_src[q ^ swizzle];
+          xp[bt][4 * q] = v.x;
+          xp[bt][4 * q + 1] = v.y;
+          xp[bt][4 * q + 2] = v.z;
+          xp[bt][4 * q + 3] = v.w;
+        }
+      }
+      uint32_t scale[2][2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        e4m3_pair_to_scales(stage.scales[0][h], scale[h][0], scale[h][1]);
+      }
+      mma_row_tile_e2m1<2>(acc, stage.codes[0][0], stage.codes[0][1], scale, xp);
+    }
+    if (more) store_slice((slice + 1) & 1);  // its buffer was last read before the last barrier
+    __syncthreads();
+  }
+
+  // Lane (g, t) holds rows g, g + 8 x batch rows 8 bt + 2t, 8 bt + 2t + 1.
+  const float scale = p.tensor_scale * kE2m1OutputBias;
+  const uint16_t* bias = static_cast<const uint16_t*>(p.bias);
+  uint16_t* y = static_cast<uint16_t*>(p.y);
+#pragma unroll
+  for (int bt = 0; bt < 2; ++bt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t n = row0 + g + 8 * (i / 2);
+      const int b = 8 * bt + 2 * t + (i % 2);
+      if (b >= p.batch || n >= p.n) continue;
+      float sum = acc[bt][i] * scale;
+      if (bias != nullptr) sum += Half<__nv_bfloat16>::to_float(bias[n]);
+      y[b * p.n + n] = static_cast<uint16_t>(Half<__nv_bfloat16>::bits(sum));
+    }
+  }
+}
+
+// Whether the row-split kernel can take this call (see its comment).
+bool row_split_applies(const LinearParams& p, Activation type) {
+  return p.format == Format::kNvfp4 && type == Activation::kBf16 && p.k % kStepK == 0 &&
+         p.batch > 8 && p.batch <= 16 && reinterpret_cast<uintptr_t>(p.codes) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(p.scales) % 2 == 0;
+}
+
+void launch_row_split(const LinearParams& p, cudaStream_t stream) {
+  constexpr int kRows = 16 * kRowSplitWarps;
+  const int64_t grid = (p.n + kRows - 1) / kRows;
+  row_split_linear_kernel<<<static_cast<int>(grid), kRowSplitWarps * 32, 0, stream>>>(p);
+}
+
 template <typename T>
 void launch_fused(const LinearParams& p, int threads, cudaStream_t stream) {
   const int batch_tiles = p.batch <= 8 ? 1 : 2;
@@ -1254,6 +1421,24 @@ absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t b
     const int depth = options.pipeline_stages > 0 ? options.pipeline_stages : 2;
     VB_RETURN_IF_ERROR(
         launch_direct(p, direct_segments, row_tiles, depth, options.max_blocks, stream));
+    return launch_status(kWhat);
+  }
+  if (options.row_split < -1 || options.row_split > 1) {
+    return absl::InvalidArgumentError(absl::StrCat(kWhat, ": row_split = ", options.row_split,
+                                                   ": expected -1 (chosen), 0 (never) or 1"));
+  }
+  const bool row_split_fits = row_split_applies(p, type);
+  if (options.row_split == 1 && !row_split_fits) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kWhat,
+        ": row_split = 1 needs NVFP4 weights, bf16 activations, batch 9..16, k a multiple of ",
+        kStepK, " and 16-byte aligned codes; got ", backends::fp4::format_name(weight.format),
+        type == Activation::kBf16 ? " bf16" : " fp16", ", batch = ", batch, ", k = ", weight.k));
+  }
+  if (options.row_split == 1 ||
+      (options.row_split == -1 && row_split_fits && weight.n >= kDirectDefaultMinRows &&
+       options.pipeline_stages == -1 && options.bit_decode && asked_warps == 0)) {
+    launch_row_split(p, stream);
     return launch_status(kWhat);
   }
   int stages = options.pipeline_stages;

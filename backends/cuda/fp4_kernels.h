@@ -95,6 +95,11 @@ struct LinearOptions {
   // 1: batch <= 8), INVALID_ARGUMENT where it cannot run (row_tiles 1 or 2, 8 warps);
   // 0: never; -1: chosen at small batches where the other fields leave the choice open.
   int direct = -1;
+  // The row-split kernel (NVFP4, bf16 activations, batch 9..16, k a multiple of 128): each warp
+  // owns 16 rows over the whole of k and the block's warps share x in shared memory. 1: use it
+  // (INVALID_ARGUMENT where it cannot run); 0: never; -1: chosen where it applies and the other
+  // fields leave the choice open.
+  int row_split = -1;
 };
 
 // y[b, j] = sum_k x[b, k] * W[j, k] (+ bias[j]) for b < batch, j < n. x: [batch, k] (16-byte

@@ -53,8 +53,8 @@ if [[ "${VB_FP4_PROFILE:-0}" == 1 ]]; then
 fi
 # VB_FP4_BENCH: which benchmarks, comma-separated: "variants" (the kernel-variant sweep),
 # "table" (every format, the defaults, against a plain read of the same bytes), "shapes" (how
-# fast each warp load shape reads the weight); default all three.
-IFS=, read -ra benches <<< "${VB_FP4_BENCH:-variants,table,shapes}"
+# fast each warp load shape reads the weight); default all three; empty: the tests only.
+IFS=, read -ra benches <<< "${VB_FP4_BENCH-variants,table,shapes}"
 for bench in "${benches[@]}"; do
   case "$bench" in
     variants) build-gpu/bench/fp4_bench --variants 2>&1 | tee "$out/fp4-variants.txt" ;;

@@ -177,8 +177,9 @@ struct LinearCase {
   int stages = -1;  // LinearOptions::pipeline_stages
   int row_tiles = 0;
   int max_blocks = 0;
-  bool bits = true;  // LinearOptions::bit_decode
-  int direct = -1;   // LinearOptions::direct
+  bool bits = true;    // LinearOptions::bit_decode
+  int direct = -1;     // LinearOptions::direct
+  int row_split = -1;  // LinearOptions::row_split
 };
 
 void check_linear(const LinearCase& c, unsigned seed) {
@@ -188,7 +189,8 @@ void check_linear(const LinearCase& c, unsigned seed) {
       " batch=" + std::to_string(c.batch) + " warps=" + std::to_string(c.warps) +
       " stages=" + std::to_string(c.stages) + " row_tiles=" + std::to_string(c.row_tiles) +
       " max_blocks=" + std::to_string(c.max_blocks) + (c.bits ? "" : " table") +
-      " direct=" + std::to_string(c.direct) + (c.bias ? " +bias" : "");
+      " direct=" + std::to_string(c.direct) + " row_split=" + std::to_string(c.row_split) +
+      (c.bias ? " +bias" : "");
   const std::vector<float> wf = gaussian(c.n * c.k, seed, 0.02f);
   auto q = cpu::quantize(wf.data(), c.n, c.k, c.format);
   ASSERT_TRUE(q.ok()) << q.status();
@@ -214,6 +216,7 @@ void check_linear(const LinearCase& c, unsigned seed) {
     options.max_blocks = c.max_blocks;
     options.bit_decode = c.bits;
     options.direct = c.direct;
+    options.row_split = c.row_split;
     const absl::Status status =
         fp4_linear((*device)->view(), dx.get(), c.batch, c.type, c.bias ? dbias.get() : nullptr,
                    dy.get(), nullptr, options);
@@ -319,6 +322,24 @@ TEST(Fp4GpuTest, FusedLinearMatchesFloat64) {
     direct_case(9000, 256, 1, false);
     direct_case(100, 32768 / max_batch, max_batch, true);
   }
+  // The row-split kernel (NVFP4, bf16, batch 9..16): x slices of 512 k with a partial last one
+  // (1792 = 3.5 slices; 128 = a quarter), rows past n (200, 37 and 9000 are not multiples of
+  // its 128 rows).
+  for (int64_t batch : {9, 12, 16}) {
+    check_linear({Format::kNvfp4, 200, 1792, batch, Activation::kBf16, batch != 12, 0, -1, 0, 0,
+                  true, -1, 1},
+                 seed++);
+  }
+  check_linear({Format::kNvfp4, 37, 128, 16, Activation::kBf16, true, 0, -1, 0, 0, true, -1, 1},
+               seed++);
+  check_linear({Format::kNvfp4, 9000, 512, 11, Activation::kBf16, false, 0, -1, 0, 0, true, -1, 1},
+               seed++);
+  check_linear({Format::kNvfp4, 100, 4096, 16, Activation::kBf16, true, 0, -1, 0, 0, true, -1, 1},
+               seed++);
+  // The defaults from 16384 rows: the direct kernel with two segments up to 4 batch rows, the
+  // row-split kernel from 9 (both measured faster there only).
+  check_linear({Format::kNvfp4, 16384, 256, 3, Activation::kBf16, true, 0}, seed++);
+  check_linear({Format::kNvfp4, 16384, 128, 13, Activation::kBf16, true, 0}, seed++);
 }
 
 // Every NVFP4 code under extreme block scales (zero, the smallest subnormal E4M3, 448, negative,
@@ -353,6 +374,7 @@ TEST(Fp4GpuTest, FusedLinearReadsEveryCodeAndScaleExactly) {
     bool bits;
     int direct;
     int rows_per_call;  // one-hot batch rows (the direct kernel takes at most 8)
+    int row_split = 0;
   };
   for (Activation type : {Activation::kBf16, Activation::kFp16}) {
     std::vector<Path> paths = {Path{"register kernel", 0, false, 0, 16},
@@ -361,12 +383,14 @@ TEST(Fp4GpuTest, FusedLinearReadsEveryCodeAndScaleExactly) {
     if (type == Activation::kBf16) {
       paths.push_back(Path{"direct, one segment", -1, true, 1, 8});
       paths.push_back(Path{"direct, two segments", -1, true, 2, 4});
+      paths.push_back(Path{"row split", -1, true, 0, 16, 1});
     }
     for (const Path& path : paths) {
       LinearOptions options;
       options.pipeline_stages = path.stages;
       options.bit_decode = path.bits;
       options.direct = path.direct;
+      options.row_split = path.row_split;
       const int rows = path.rows_per_call;
       int64_t mismatches = 0;
       for (int64_t k0 = 0; k0 < w.k; k0 += rows) {  // `rows` one-hot rows a call
@@ -497,6 +521,20 @@ TEST(Fp4GpuTest, FusedLinearRefusesBadArguments) {
       direct_call(**device128, x128.get(), 1, Activation::kBf16, y128.get(), direct);
   EXPECT_NE(narrow.message().find("k a multiple of 256"), absl::string_view::npos) << narrow;
   EXPECT_NE(narrow.message().find("k = 128"), absl::string_view::npos) << narrow;
+  // The row-split kernel where it cannot run (NF4; 1 row), and a bad value of the option.
+  LinearOptions split;
+  split.row_split = 1;
+  const absl::Status split_nf4 =
+      direct_call(**device, x.get(), 16, Activation::kBf16, y.get(), split);
+  EXPECT_NE(split_nf4.message().find("got nf4 bf16"), absl::string_view::npos) << split_nf4;
+  const absl::Status split_one =
+      direct_call(**device128, x128.get(), 1, Activation::kBf16, y128.get(), split);
+  EXPECT_NE(split_one.message().find("batch 9..16"), absl::string_view::npos) << split_one;
+  EXPECT_NE(split_one.message().find("batch = 1"), absl::string_view::npos) << split_one;
+  split.row_split = 2;
+  const absl::Status split_bad =
+      direct_call(**device128, x128.get(), 1, Activation::kBf16, y128.get(), split);
+  EXPECT_NE(split_bad.message().find("row_split = 2"), absl::string_view::npos) << split_bad;
 }
 
 }  // namespace
