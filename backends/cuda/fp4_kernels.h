@@ -8,9 +8,10 @@
 //    once per call and no dequantized weight is written anywhere. Tensor-core mma.sync
 //    (m16n8k16): each warp decodes its weights into registers (a per-lane table in shared
 //    memory, or bit operations for NVFP4 with bf16), multiplies by the block scale in the
-//    16-bit type, and feeds the products to the MMA with the batch as its N side. Three
-//    kernels: the register kernel (any k), the staged kernel (a cp.async ring in shared memory)
-//    and the direct kernel (NVFP4 + bf16, batch <= 8: loads straight into registers);
+//    16-bit type, and feeds the products to the MMA with the batch as its N side. Four
+//    kernels: the register kernel (any k), the staged kernel (a cp.async ring in shared
+//    memory), the direct kernel (NVFP4 + bf16, batch <= 8: loads straight into registers) and
+//    the row-split kernel (NVFP4 + bf16, batch 9..16: warps own rows and share x);
 //    LinearOptions picks one, the defaults are the measured best (docs/fp4.md).
 //  - Above 16 rows, callers dequantize to bf16 into a scratch buffer (dequantize_to_bf16) and
 //    run a bf16 GEMM (cuBLAS); docs/fp4.md says where that crosses over.
