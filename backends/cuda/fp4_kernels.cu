@@ -892,11 +892,13 @@ absl::Status launch_staged(const LinearParams& p, int warps, int row_tiles, int 
 
 constexpr int kDirectWarps = 8;
 constexpr int64_t kDirectMaxXBytes = 64 * 1024;
-// The direct kernel is the default (two segments, two row tiles) up to this batch and from
-// this many rows; below, the persistent grid has too few row groups per block to balance, and
-// the staged kernel measured as fast (docs/fp4.md).
+// The direct kernel is the default (two segments, two row tiles) up to this batch.
 constexpr int64_t kDirectDefaultMaxBatch = 4;
-constexpr int64_t kDirectDefaultMinRows = 16384;
+// The direct and the row-split kernels are defaults only on layers of at least this many rows:
+// below, their grids have too few row groups to keep the GPU busy (the row-split kernel) or to
+// balance (the direct kernel's persistent grid), and the staged kernel measured as fast or
+// faster at 8192 rows (docs/fp4.md).
+constexpr int64_t kLargeLayerRows = 16384;
 
 // Scale bytes 0 and 1 of `pair` (E4M3) as bf16 pairs holding e4m3 * 2^119 in both halves, the
 // scale that bit decoding needs (see kE2m1ScaleBias); exact, NaN stays NaN.
@@ -1387,12 +1389,17 @@ absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t b
   if ((weight.n + 15) / 16 > 0x7FFFFFFF) {
     return absl::InvalidArgumentError(absl::StrCat(kWhat, ": n = ", weight.n, " is too large"));
   }
-  // The defaults, as measured on the H200 (docs/fp4.md): the direct kernel with two segments
-  // where it applies from kDirectDefaultMinRows rows up to kDirectDefaultMaxBatch batch rows,
-  // else the staged kernel wherever it applies.
+  // The defaults, as measured on the H200 (docs/fp4.md), where the other fields leave the
+  // choice open: on layers of kLargeLayerRows rows or more, the direct kernel with two segments
+  // up to kDirectDefaultMaxBatch batch rows and the row-split kernel from 9; else the staged
+  // kernel wherever it applies, and the register kernel.
   if (options.direct < -1 || options.direct > 2) {
     return absl::InvalidArgumentError(absl::StrCat(kWhat, ": direct = ", options.direct,
                                                    ": expected -1 (chosen), 0 (never), 1 or 2"));
+  }
+  if (options.row_split < -1 || options.row_split > 1) {
+    return absl::InvalidArgumentError(absl::StrCat(kWhat, ": row_split = ", options.row_split,
+                                                   ": expected -1 (chosen), 0 (never) or 1"));
   }
   if (options.direct > 0) {
     const int segments = options.direct;
@@ -1412,7 +1419,7 @@ absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t b
   }
   int direct_segments = options.direct > 0 ? options.direct : 0;
   if (options.direct == -1 && options.pipeline_stages == -1 && options.bit_decode &&
-      batch <= kDirectDefaultMaxBatch && weight.n >= kDirectDefaultMinRows &&
+      options.row_tiles == 0 && batch <= kDirectDefaultMaxBatch && weight.n >= kLargeLayerRows &&
       (asked_warps == 0 || asked_warps == kDirectWarps) && direct_applies(p, type, 2)) {
     direct_segments = 2;
   }
@@ -1423,10 +1430,6 @@ absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t b
         launch_direct(p, direct_segments, row_tiles, depth, options.max_blocks, stream));
     return launch_status(kWhat);
   }
-  if (options.row_split < -1 || options.row_split > 1) {
-    return absl::InvalidArgumentError(absl::StrCat(kWhat, ": row_split = ", options.row_split,
-                                                   ": expected -1 (chosen), 0 (never) or 1"));
-  }
   const bool row_split_fits = row_split_applies(p, type);
   if (options.row_split == 1 && !row_split_fits) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -1436,8 +1439,9 @@ absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t b
         type == Activation::kBf16 ? " bf16" : " fp16", ", batch = ", batch, ", k = ", weight.k));
   }
   if (options.row_split == 1 ||
-      (options.row_split == -1 && row_split_fits && weight.n >= kDirectDefaultMinRows &&
-       options.pipeline_stages == -1 && options.bit_decode && asked_warps == 0)) {
+      (options.row_split == -1 && row_split_fits && weight.n >= kLargeLayerRows &&
+       options.row_tiles == 0 && options.pipeline_stages == -1 && options.bit_decode &&
+       asked_warps == 0)) {
     launch_row_split(p, stream);
     return launch_status(kWhat);
   }
