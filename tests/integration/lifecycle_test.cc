@@ -6,6 +6,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 
 #include <atomic>
@@ -30,12 +31,14 @@ struct HeavyCall {
 };
 
 // Starts `count` threads, each with its own connection, each running `call` once and
-// checking its result; the statuses land in `results` as the threads finish.
+// checking its result; the statuses land in `results` as the threads finish, and each
+// finished thread adds one to `finished` (if given).
 std::vector<std::thread> start_callers(const DaemonProcess& daemon, const HeavyCall& call,
-                                       std::vector<absl::Status>* results) {
+                                       std::vector<absl::Status>* results,
+                                       std::atomic<int>* finished = nullptr) {
   std::vector<std::thread> callers;
   for (size_t i = 0; i < results->size(); ++i) {
-    callers.emplace_back([&daemon, &call, results, i] {
+    callers.emplace_back([&daemon, &call, results, i, finished] {
       DaemonClient own(daemon.address());
       TransferCount transfer;
       absl::StatusOr<at::Tensor> y =
@@ -43,6 +46,7 @@ std::vector<std::thread> start_callers(const DaemonProcess& daemon, const HeavyC
       (*results)[i] = y.ok() && relative_error(*y, call.expected()) > 1e-5
                           ? absl::InternalError("wrong result")
                           : y.status();
+      if (finished != nullptr) ++*finished;
     });
   }
   return callers;
@@ -100,13 +104,28 @@ TEST(LifecycleTest, SigtermFinishesEveryAcceptedCallAndExitsZero) {
 
   constexpr uint32_t kCallers = 4;
   std::vector<absl::Status> results(kCallers);
-  std::vector<std::thread> callers = start_callers(daemon, call, &results);
-  // Wait (bounded) until the daemon has all of them in hand, then ask it to stop.
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (inflight_calls(client) < kCallers && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  std::vector<std::thread> callers;
+  // Wait (bounded) until the daemon has all of them in hand, then ask it to stop. On a busy
+  // machine the first call can finish before the last caller has connected, so all four are
+  // never in flight at once: then that round of calls runs out and another starts (at most 3).
+  bool all_in_flight = false;
+  std::atomic<int> finished{0};  // outlives the callers of the round that goes on
+  for (int round = 0; round < 3 && !all_in_flight; ++round) {
+    finished = 0;  // the callers of an earlier round have been joined
+    callers = start_callers(daemon, call, &results, &finished);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (!(all_in_flight = inflight_calls(client) == kCallers) && finished == 0 &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    if (!all_in_flight) {
+      for (std::thread& t : callers) t.join();
+      callers.clear();
+      std::printf("round %d: %d of %u calls finished before all were in flight\n", round + 1,
+                  finished.load(), kCallers);
+    }
   }
-  ASSERT_EQ(inflight_calls(client), kCallers);
+  ASSERT_TRUE(all_in_flight) << "never saw all " << kCallers << " calls in flight at once";
   daemon.send_signal(SIGTERM);
   // While it drains, new calls are refused at once so that clients move to another target.
   absl::Status during_drain = absl::OkStatus();
