@@ -70,18 +70,22 @@ TEST(LifecycleTest, FullQueueAnswersResourceExhaustedAtOnce) {
   TransferCount transfer;
   ASSERT_TRUE(client.upload_weight(call.ref(), &transfer).ok());
 
-  std::vector<absl::Status> results(6);
-  std::vector<std::thread> callers = start_callers(daemon, call, &results);
-  for (std::thread& t : callers) t.join();
+  // Six callers at once; on a busy machine they can arrive so far apart that each finds room,
+  // so a round with no refusal is followed by another (at most three).
   int ok = 0;
   int refused = 0;
-  for (const absl::Status& status : results) {
-    if (status.ok()) {
-      ++ok;
-    } else {
-      ASSERT_TRUE(absl::IsResourceExhausted(status)) << status;
-      EXPECT_THAT(std::string(status.message()), ::testing::HasSubstr("limits.max_queue = 1"));
-      ++refused;
+  for (int round = 0; round < 3 && refused == 0; ++round) {
+    std::vector<absl::Status> results(6);
+    std::vector<std::thread> callers = start_callers(daemon, call, &results);
+    for (std::thread& t : callers) t.join();
+    for (const absl::Status& status : results) {
+      if (status.ok()) {
+        ++ok;
+      } else {
+        ASSERT_TRUE(absl::IsResourceExhausted(status)) << status;
+        EXPECT_THAT(std::string(status.message()), ::testing::HasSubstr("limits.max_queue = 1"));
+        ++refused;
+      }
     }
   }
   // One running and one waiting are accepted at any moment; six at once cannot all be.
