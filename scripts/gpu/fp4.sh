@@ -7,21 +7,8 @@
 #   instead of the benchmark; VB_FP4_BENCH=variants,table,shapes: which benchmarks)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-out=${OUT:-/tmp/vb-gpu-out}
-mkdir -p "$out"
-prefix=/tmp/vb-deps
-mkdir -p "$prefix"
-for f in .debs/*.deb; do dpkg -x "$f" "$prefix"; done
-export LD_LIBRARY_PATH="$prefix/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
-export LIBRARY_PATH="$prefix/usr/lib/x86_64-linux-gnu:${LIBRARY_PATH:-}"
-export PATH="/opt/torch/.venv/bin:$PATH"
-torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DVB_WITH_CUDA=ON \
-  -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_PREFIX_PATH="$prefix/usr;$torch_prefix" \
-  -DProtobuf_PROTOC_EXECUTABLE="$prefix/usr/bin/protoc" \
-  -DProtobuf_INCLUDE_DIR="$prefix/usr/include" \
-  -DProtobuf_LIBRARY="$prefix/usr/lib/x86_64-linux-gnu/libprotobuf.so" \
-  > "$out/configure.log" 2>&1 || { tail -40 "$out/configure.log"; exit 1; }
+source scripts/gpu/env.sh
+configure_gpu_build || exit 1
 cmake --build build-gpu -j "$(nproc)" --target gpu_tests fp4_bench > "$out/build.log" 2>&1 \
   || { grep -E "error|Error" "$out/build.log" | head -40; exit 1; }
 if [[ "${VB_FP4_SASS:-0}" == 1 ]]; then  # the kernels' machine code, for reading elsewhere

@@ -6,32 +6,17 @@
 #   device run, carry [".debs"]:  bash scripts/gpu/run.sh   (VB_GPU_BENCH=0: tests only)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-out=${OUT:-/tmp/vb-gpu-out}
-mkdir -p "$out"
-prefix=/tmp/vb-deps
 started=$(date +%s)
 stamp() { echo "== [$(( $(date +%s) - started )) s] $*"; }
 
-stamp "unpacking $(ls .debs/*.deb | wc -l) packages into $prefix"
-mkdir -p "$prefix"
-for f in .debs/*.deb; do dpkg -x "$f" "$prefix"; done
-export LD_LIBRARY_PATH="$prefix/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
-# gRPC's CMake config links re2 by plain name (-lre2): let the linker search the prefix.
-export LIBRARY_PATH="$prefix/usr/lib/x86_64-linux-gnu:${LIBRARY_PATH:-}"
-export PATH="/opt/torch/.venv/bin:$PATH"
-torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+stamp "unpacking $(ls .debs/*.deb | wc -l) packages"
+source scripts/gpu/env.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total,pcie.link.gen.max,pcie.link.width.max \
   --format=csv || true
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
 
 stamp "configure"
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DVB_WITH_CUDA=ON \
-  -DCMAKE_CUDA_ARCHITECTURES=90 \
-  -DCMAKE_PREFIX_PATH="$prefix/usr;$torch_prefix" \
-  -DProtobuf_PROTOC_EXECUTABLE="$prefix/usr/bin/protoc" \
-  -DProtobuf_INCLUDE_DIR="$prefix/usr/include" \
-  -DProtobuf_LIBRARY="$prefix/usr/lib/x86_64-linux-gnu/libprotobuf.so" \
-  > "$out/configure.log" 2>&1 || { tail -40 "$out/configure.log"; exit 1; }
+configure_gpu_build || exit 1
 
 stamp "build"
 cmake --build build-gpu -j "$(nproc)" > "$out/build.log" 2>&1 \
