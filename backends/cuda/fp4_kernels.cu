@@ -1296,6 +1296,406 @@ void launch_row_split(const LinearParams& p, cudaStream_t stream) {
   row_split_linear_kernel<<<static_cast<int>(grid), kRowSplitWarps * 32, 0, stream>>>(p);
 }
 
+// ---------------------------------------------------------------------------------------
+// The integer kernel: NVFP4 weights, bf16 or fp16 activations, batch <= kIntegerMaxBatch, k a
+// multiple of 128. Nsight Compute on the direct kernel (H200, 28672 x 8192, batch 1) shows it
+// bound by instruction issue, not memory: ~512 instructions a warp-step, most of them turning
+// codes into bf16 and multiplying them by their block scales, and the math pipes throttling.
+// Here the codes become the 8-bit operands of an integer MMA, and the block scales multiply
+// the MMA's sums instead of every code:
+//
+// - Weights. Code c (E2M1 value e) becomes the unsigned byte 192 + 2e (180..204). One prmt looks
+//   up 192 + 2|e| by each code's magnitude; where the code's sign bit is set, prmt's
+//   sign-replicate mode gives 0xFF instead (every table byte has its top bit set). A second
+//   prmt, on the codes with their sign bits flipped, looks up 192 - 2|e| the same way. Their AND
+//   is the byte: two prmt and an AND for four codes, against eight operations and a multiply
+//   for two in the bf16 decode.
+// - x. Each 16-element block of a batch row becomes 15-bit fixed point, X = rint(x 2^E), with E
+//   chosen so the block's largest |x| 2^E lies in [2^13, 2^14), and X = 256 hi + lo with hi and
+//   lo signed bytes. That is exact for every element of at least 1/64 of its block's largest,
+//   and rounds the others by at most 2^-14 of it (bf16 itself rounds by 2^-9 of the element).
+//   The block stages it once in shared memory, laid out as the MMA's B fragments.
+// - The MMA (m16n8k32, u8 x s8 into s32). Lane t of a row group holds 8 codes of its own 16-byte
+//   chunk of the row. Column (h, c) of B holds part h (hi or lo) of x only at the k of lane c's
+//   codes, and zeros elsewhere. So each output column is one NVFP4 block's dot product, and two
+//   chained MMAs finish it exactly in int32. The accumulator starts at 0x4B400000 - 192 sum(X):
+//   the bits of the float 1.5 * 2^23, less the 192 offset's share. Its final bits then read as
+//   the float 1.5 * 2^23 + dot, and one subtraction gives the dot exactly, with no integer
+//   conversion.
+// - In float32: acc += dot * block scale * 2^(8 - E) for hi, or 2^-E for lo. At the end the lanes
+//   add their columns and the warps their k ranges, in a fixed order.
+// x that is Inf or NaN gives its block a NaN factor, so every output of that batch row is NaN.
+// (IEEE arithmetic would give +-Inf where no weight of the row is zero.)
+
+constexpr int kIntegerWarps = 8;
+constexpr int kIntegerMaxBatch = 4;
+// The integer kernel is the default up to this batch (on layers of kLargeLayerRows or more).
+constexpr int64_t kIntegerDefaultMaxBatch = 4;
+// Shared memory a batch row and 128-wide step: B fragments (two blocks x 8 columns x 16 bytes),
+// then the accumulator starts and the factors (4 lanes t x 4 values each).
+constexpr int kIntegerFragmentBytes = 256;
+constexpr int kIntegerStepBytes = kIntegerFragmentBytes + 64 + 64;
+// x staged in shared memory at most this large (2 blocks an SM fit).
+constexpr int64_t kIntegerMaxXBytes = 96 * 1024;
+constexpr uint32_t kMagicBits = 0x4B400000u;  // 1.5 * 2^23 as float bits
+constexpr float kMagic = 12582912.0f;
+// 192 + 2e by magnitude (bytes 0..7 of the pair), and 192 - 2e.
+constexpr uint32_t kPlus0 = 0xC3C2C1C0u, kPlus1 = 0xCCC8C6C4u;
+constexpr uint32_t kMinus0 = 0xBDBEBFC0u, kMinus1 = 0xB4B8BABCu;
+
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t selector) {
+  uint32_t r;
+  // Default mode: a selector nibble with its top bit set replicates the chosen byte's sign.
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(selector));
+  return r;
+}
+
+// The 8 codes of word q as offset bytes 192 + 2e: codes 0..3 in `low`, 4..7 in `high`, each in k
+// order (byte i = code i).
+__device__ __forceinline__ void e2m1_word_u8(uint32_t q, uint32_t& low, uint32_t& high) {
+  const uint32_t flipped = q ^ 0x88888888u;
+  low = prmt(kPlus0, kPlus1, q) & prmt(kMinus0, kMinus1, flipped);
+  high = prmt(kPlus0, kPlus1, q >> 16) & prmt(kMinus0, kMinus1, flipped >> 16);
+}
+
+__device__ __forceinline__ void mma_u8s8(int32_t (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Two E4M3 bytes (the low 16 bits of `pair`) as floats, exactly; NaN stays NaN.
+__device__ __forceinline__ void e4m3_pair_to_floats(uint32_t pair, float& first, float& second) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  uint32_t halves;
+  asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(halves) : "h"(static_cast<unsigned short>(pair)));
+  __half2 h;
+  std::memcpy(&h, &halves, 4);
+  first = __low2float(h);
+  second = __high2float(h);
+#else
+  first = e4m3_to_float(pair & 0xFFu);
+  second = e4m3_to_float((pair >> 8) & 0xFFu);
+#endif
+}
+
+// x into the integer kernel's shared-memory layout (see its comment), one 16-element block a
+// thread at a time. Per batch row and step: [block q][column 4h + c][16 bytes] B fragments,
+// then accumulator starts and factors as [lane t][2q + column parity], for column (h, c) of
+// lane t = 2h + c / 2.
+// Rows from p.batch up to `rows` are staged as zeros.
+template <typename T>
+__device__ __forceinline__ void stage_integer_x(const LinearParams& p, int rows, uint8_t* xs) {
+  const int blocks_per_row = static_cast<int>(p.k / 16);
+  const int steps = static_cast<int>(p.k / kStepK);
+  for (int item = threadIdx.x; item < rows * blocks_per_row; item += blockDim.x) {
+    const int b = item / blocks_per_row;
+    const int block = item % blocks_per_row;
+    uint4 first = make_uint4(0, 0, 0, 0), second = first;
+    if (b < p.batch) {
+      const uint4* src = reinterpret_cast<const uint4*>(static_cast<const T*>(p.x) +
+                                                        int64_t{b} * p.k + 16 * block);
+      first = __ldg(src);
+      second = __ldg(src + 1);
+    }
+    uint16_t bits[16];
+    std::memcpy(bits, &first, 16);
+    std::memcpy(bits + 8, &second, 16);
+    float v[16];
+    float largest = 0.0f;
+    bool finite = true;
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      v[i] = Half<T>::to_float(bits[i]);
+      finite = finite && isfinite(v[i]);
+      largest = fmaxf(largest, fabsf(v[i]));
+    }
+    // 2^13 <= largest 2^shift < 2^14, from the float's exponent field (bf16 and fp16 values are
+    // normal floats, or zero; a block of float-subnormal bf16 values takes the largest shift);
+    // bounded so that the factors stay normal floats.
+    const int biased = (__float_as_int(largest) >> 23) & 0xFF;  // largest in [2^(biased-127), ..)
+    const int shift = !finite || largest == 0.0f ? 0 : min(13 - (biased - 127), 100);
+    // 2^shift as two exact factors (one float holds at most 2^127).
+    const float up_first = __int_as_float((127 + shift / 2) << 23);
+    const float up_second = __int_as_float((127 + shift - shift / 2) << 23);
+    uint32_t hi_words[4] = {}, lo_words[4] = {};
+    int hi_sum = 0, lo_sum = 0;
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      const int fixed = finite ? __float2int_rn(v[i] * up_first * up_second) : 0;  // <= 2^14
+      const int hi = (fixed + 128) >> 8;                                   // -64..64
+      const int lo = fixed - 256 * hi;                                     // -128..127
+      hi_sum += hi;
+      lo_sum += lo;
+      hi_words[i / 4] |= (static_cast<uint32_t>(hi) & 0xFFu) << (8 * (i % 4));
+      lo_words[i / 4] |= (static_cast<uint32_t>(lo) & 0xFFu) << (8 * (i % 4));
+    }
+    const int step = block / 8;
+    const int c = (block % 8) / 2;  // the lane chunk of the step
+    const int q = block % 2;        // the block of the chunk
+    uint8_t* base = xs + (int64_t{b} * steps + step) * kIntegerStepBytes;
+    uint4* fragments = reinterpret_cast<uint4*>(base + q * 128);
+    fragments[c] = make_uint4(hi_words[0], hi_words[1], hi_words[2], hi_words[3]);
+    fragments[4 + c] = make_uint4(lo_words[0], lo_words[1], lo_words[2], lo_words[3]);
+    uint32_t* starts = reinterpret_cast<uint32_t*>(base + kIntegerFragmentBytes);
+    float* factors = reinterpret_cast<float*>(base + kIntegerFragmentBytes + 64);
+    const float nan = __int_as_float(0x7FC00000);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int index = (2 * h + c / 2) * 4 + 2 * q + c % 2;
+      starts[index] = kMagicBits - 192u * static_cast<uint32_t>(h == 0 ? hi_sum : lo_sum);
+      factors[index] = finite ? __int_as_float((127 + (h == 0 ? 8 : 0) - shift) << 23) : nan;
+    }
+  }
+}
+
+template <int kRowTiles>
+struct IntegerStage {
+  uint4 codes[kRowTiles][2];      // the lane's 16 bytes of rows g and g + 8 of each tile
+  uint32_t scales[kRowTiles][2];  // their four block scales of the step the lane's columns need
+};
+
+// Blocks own row groups of 16 kRowTiles rows (a persistent grid, as in the direct kernel), and
+// their 8 warps split k: warp w takes steps w, w + 8, ..., loading two steps ahead.
+// kBatch: the batch rows it is built for (1, 2 or 4; p.batch may be fewer).
+template <typename T, int kRowTiles, int kBatch>
+__global__ void __launch_bounds__(kIntegerWarps * 32, 2) integer_linear_kernel(LinearParams p) {
+  constexpr int kRows = 16 * kRowTiles;
+  extern __shared__ __align__(16) uint8_t smem[];
+  float* partial = reinterpret_cast<float*>(smem);
+  uint4* zeros = reinterpret_cast<uint4*>(smem + kIntegerWarps * kRows * kBatch * 4);
+  uint8_t* xs = reinterpret_cast<uint8_t*>(zeros + 1);
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int g = lane >> 2;
+  const int t = lane & 3;
+
+  const int64_t groups = (p.n + kRows - 1) / kRows;
+  const int my_groups =
+      blockIdx.x < groups ? static_cast<int>((groups - 1 - blockIdx.x) / gridDim.x) + 1 : 0;
+  const int64_t group_stride = int64_t{gridDim.x} * kRows;
+  const int steps = static_cast<int>(p.k / kStepK);
+  const int my_steps =
+      warp < steps ? (steps - warp + kIntegerWarps - 1) / kIntegerWarps : 0;
+  const int64_t row_bytes = p.k / 2;
+  const int64_t scale_row_bytes = p.k / 16;
+
+  // Steps alternate between two register stages, so that no stage is copied: a copy of a
+  // register whose load is in flight waits for it. A group's steps are padded to an even count
+  // (the padding step loads and computes nothing), so that step i of every group is in stage
+  // i % 2.
+  const int padded_steps = my_steps + (my_steps & 1);
+  int issue_left = my_groups * padded_steps;
+  int issue_step = 0;
+  int64_t issue_row0 = int64_t{blockIdx.x} * kRows;
+  const uint8_t* code_src[kRowTiles][2];
+  const uint32_t* scale_src[kRowTiles][2];
+  auto load = [&](IntegerStage<kRowTiles>& stage) {
+    if (issue_left <= 0) return;  // past the last step: the stage is never read
+    if (issue_step == 0) {
+#pragma unroll
+      for (int r = 0; r < kRowTiles; ++r) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int64_t wanted = issue_row0 + 16 * r + g + 8 * h;
+          const int64_t row = wanted < p.n ? wanted : p.n - 1;  // rows past n are never stored
+          code_src[r][h] = p.codes + row * row_bytes + warp * (kStepK / 2) + 16 * t;
+          // Scale bytes 4 (t % 2) .. + 3 of the step: blocks of chunks 2 (t % 2) and + 1.
+          scale_src[r][h] = reinterpret_cast<const uint32_t*>(
+              static_cast<const uint8_t*>(p.scales) + row * scale_row_bytes +
+              warp * (kStepK / 16) + 4 * (t % 2));
+        }
+      }
+    }
+    if (issue_step < my_steps) {
+#pragma unroll
+      for (int r = 0; r < kRowTiles; ++r) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          stage.codes[r][h] = load_streaming(code_src[r][h]);
+          stage.scales[r][h] = __ldg(scale_src[r][h]);
+          code_src[r][h] += kStepK / 2 * kIntegerWarps;
+          scale_src[r][h] += kStepK / 16 / 4 * kIntegerWarps;  // 8 bytes a step
+        }
+      }
+    }
+    --issue_left;
+    if (++issue_step == padded_steps) {
+      issue_step = 0;
+      issue_row0 += group_stride;
+    }
+  };
+  IntegerStage<kRowTiles> ring[2];
+  load(ring[0]);
+  load(ring[1]);
+  if (threadIdx.x == 0) *zeros = make_uint4(0, 0, 0, 0);
+  stage_integer_x<T>(p, kBatch, xs);
+  __syncthreads();  // x is in shared memory
+
+  // Lane (g, t) holds column g of B where t == g % 4 (chunk t, part g / 4), else zeros: the
+  // lanes that hold none read the zero word for every block, batch row and step.
+  const bool holds_column = t == (g & 3);
+  const int64_t row_step_bytes = int64_t{steps} * kIntegerStepBytes;  // one batch row
+  const uint8_t* fragment_first =
+      holds_column ? xs + int64_t{warp} * kIntegerStepBytes + 16 * g
+                   : reinterpret_cast<const uint8_t*>(zeros);
+  const int fragment_block_stride = holds_column ? 128 : 0;
+  const int64_t fragment_batch_stride = holds_column ? row_step_bytes : 0;
+  const int64_t fragment_step_stride =
+      holds_column ? int64_t{kIntegerWarps} * kIntegerStepBytes : 0;
+  const uint8_t* meta_first = xs + int64_t{warp} * kIntegerStepBytes + kIntegerFragmentBytes + 16 * t;
+  p.tensor_scale *= 0.5f;  // the MMA's weights are 2e
+  for (int group = 0; group < my_groups; ++group) {
+    const int64_t row0 = int64_t{blockIdx.x} * kRows + group * group_stride;
+    const uint8_t* fragment_src = fragment_first;
+    const uint8_t* meta_src = meta_first;
+    float acc[kBatch][kRowTiles][4] = {};
+    auto compute = [&](const IntegerStage<kRowTiles>& stage) {
+      // x of each batch row: B fragments of the step's two blocks, accumulator starts, factors.
+      uint4 fragment[kBatch][2];
+      uint32_t starts[kBatch][4];
+      float factors[kBatch][4];
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        const uint8_t* src = fragment_src + b * fragment_batch_stride;
+        fragment[b][0] = *reinterpret_cast<const uint4*>(src);
+        fragment[b][1] = *reinterpret_cast<const uint4*>(src + fragment_block_stride);
+        const uint4 start = *reinterpret_cast<const uint4*>(meta_src + b * row_step_bytes);
+        const float4 factor = *reinterpret_cast<const float4*>(meta_src + b * row_step_bytes + 64);
+        starts[b][0] = start.x;
+        starts[b][1] = start.y;
+        starts[b][2] = start.z;
+        starts[b][3] = start.w;
+        factors[b][0] = factor.x;
+        factors[b][1] = factor.y;
+        factors[b][2] = factor.z;
+        factors[b][3] = factor.w;
+      }
+#pragma unroll
+      for (int r = 0; r < kRowTiles; ++r) {
+        float scale[2][2][2];  // [row half][block q][column parity]
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          e4m3_pair_to_floats(stage.scales[r][h], scale[h][0][0], scale[h][1][0]);
+          e4m3_pair_to_floats(stage.scales[r][h] >> 16, scale[h][0][1], scale[h][1][1]);
+        }
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          // A registers of words 2q and 2q + 1: row g codes 0..3, row g + 8 codes 0..3, row g
+          // codes 4..7, row g + 8 codes 4..7.
+          uint32_t a[2][4];
+#pragma unroll
+          for (int m = 0; m < 2; ++m) {
+            e2m1_word_u8((&stage.codes[r][0].x)[2 * q + m], a[m][0], a[m][2]);
+            e2m1_word_u8((&stage.codes[r][1].x)[2 * q + m], a[m][1], a[m][3]);
+          }
+#pragma unroll
+          for (int b = 0; b < kBatch; ++b) {
+            int32_t dot[4] = {static_cast<int32_t>(starts[b][2 * q]),
+                              static_cast<int32_t>(starts[b][2 * q + 1]),
+                              static_cast<int32_t>(starts[b][2 * q]),
+                              static_cast<int32_t>(starts[b][2 * q + 1])};
+            mma_u8s8(dot, a[0][0], a[0][1], a[0][2], a[0][3], fragment[b][q].x, fragment[b][q].y);
+            mma_u8s8(dot, a[1][0], a[1][1], a[1][2], a[1][3], fragment[b][q].z, fragment[b][q].w);
+#pragma unroll
+            for (int slot = 0; slot < 4; ++slot) {  // rows g, g, g + 8, g + 8 x parity 0, 1
+              const int parity = slot % 2;
+              const float weight = scale[slot / 2][q][parity] * factors[b][2 * q + parity];
+              acc[b][r][slot] = fmaf(__int_as_float(dot[slot]) - kMagic, weight, acc[b][r][slot]);
+            }
+          }
+        }
+      }
+      fragment_src += fragment_step_stride;
+      meta_src += int64_t{kIntegerWarps} * kIntegerStepBytes;
+    };
+    for (int i = 0; i < padded_steps; i += 2) {
+      compute(ring[0]);
+      load(ring[0]);
+      if (i + 1 < my_steps) compute(ring[1]);
+      load(ring[1]);
+    }
+    // Each row's sum: its two columns here, then lanes t = 0..3.
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+#pragma unroll
+      for (int r = 0; r < kRowTiles; ++r) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float sum = acc[b][r][2 * h] + acc[b][r][2 * h + 1];
+          sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+          sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+          if (t == 0) partial[(warp * kRows + 16 * r + g + 8 * h) * kBatch + b] = sum;
+        }
+      }
+    }
+    __syncthreads();
+    add_partials_and_store<T, kRows, kBatch>(p, partial, row0);
+    __syncthreads();  // the partial sums are read before the next group writes them
+  }
+}
+
+// Shared memory of the integer kernel for `rows` a row group.
+size_t integer_smem(int rows, int batch_columns, int64_t k) {
+  return size_t{4} * kIntegerWarps * rows * batch_columns + 16 +
+         static_cast<size_t>(batch_columns) * static_cast<size_t>(k / kStepK) * kIntegerStepBytes;
+}
+
+// The batch rows of the integer kernel built for `batch` (3 runs as 4, its last x row zero).
+int integer_batch_columns(int batch) { return batch == 1 ? 1 : batch == 2 ? 2 : 4; }
+
+// Whether the integer kernel can take this call (see its comment).
+bool integer_applies(const LinearParams& p) {
+  return p.format == Format::kNvfp4 && p.k % kStepK == 0 && p.batch <= kIntegerMaxBatch &&
+         int64_t{integer_batch_columns(p.batch)} * (p.k / kStepK) * kIntegerStepBytes <=
+             kIntegerMaxXBytes &&
+         reinterpret_cast<uintptr_t>(p.codes) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(p.scales) % 4 == 0;
+}
+
+absl::Status launch_integer(const LinearParams& p, Activation type, int row_tiles, int max_blocks,
+                            cudaStream_t stream) {
+  const int batch_columns = integer_batch_columns(p.batch);
+  // Two row tiles only for one batch row: above, 128 registers a thread do not hold them.
+  void (*kernel)(LinearParams) = nullptr;
+#define VB_INTEGER(T, R, B)                                                                 \
+  if (row_tiles == R && batch_columns == B) kernel = integer_linear_kernel<T, R, B>;
+  if (type == Activation::kBf16) {
+    VB_INTEGER(__nv_bfloat16, 1, 1)
+    VB_INTEGER(__nv_bfloat16, 1, 2)
+    VB_INTEGER(__nv_bfloat16, 1, 4)
+    VB_INTEGER(__nv_bfloat16, 2, 1)
+  } else {
+    VB_INTEGER(__half, 1, 1)
+    VB_INTEGER(__half, 1, 2)
+    VB_INTEGER(__half, 1, 4)
+    VB_INTEGER(__half, 2, 1)
+  }
+#undef VB_INTEGER
+  if (kernel == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("fp4_linear: no integer kernel for row_tiles = ", row_tiles, " and batch = ",
+                     p.batch, " (built: row_tiles 1, and 2 for batch 1)"));
+  }
+  const int rows = 16 * row_tiles;
+  const size_t smem = integer_smem(rows, batch_columns, p.k);
+  VB_ASSIGN_OR_RETURN(const LaunchFacts facts, launch_facts(reinterpret_cast<const void*>(kernel),
+                                                            kIntegerWarps * 32, smem));
+  if (facts.blocks_per_sm == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("fp4_linear: the integer kernel needs ", smem,
+                                                   " bytes of shared memory a block; the GPU "
+                                                   "allows ",
+                                                   facts.smem_limit));
+  }
+  const int64_t groups = (p.n + rows - 1) / rows;
+  int64_t grid = std::min<int64_t>(groups, int64_t{facts.sms} * facts.blocks_per_sm);
+  if (max_blocks > 0) grid = std::min<int64_t>(grid, max_blocks);
+  kernel<<<static_cast<int>(grid), kIntegerWarps * 32, smem, stream>>>(p);
+  return absl::OkStatus();
+}
+
 template <typename T>
 void launch_fused(const LinearParams& p, int threads, cudaStream_t stream) {
   const int batch_tiles = p.batch <= 8 ? 1 : 2;
@@ -1416,6 +1816,41 @@ absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t b
           absl::StrCat(kWhat, ": direct = ", segments, " runs ", kDirectWarps,
                        " warps; got warps_per_block = ", asked_warps));
     }
+  }
+  if (options.integer < -1 || options.integer > 1) {
+    return absl::InvalidArgumentError(absl::StrCat(kWhat, ": integer = ", options.integer,
+                                                   ": expected -1 (chosen), 0 (never) or 1"));
+  }
+  const bool integer_fits = integer_applies(p);
+  if (options.integer == 1) {
+    if (!integer_fits) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kWhat, ": integer = 1 needs NVFP4 weights, batch <= ", kIntegerMaxBatch,
+          ", k a multiple of ", kStepK, ", batch * k * 3 <= ", kIntegerMaxXBytes,
+          " bytes of staged x, 16-byte aligned codes and 4-byte aligned scales; got ",
+          backends::fp4::format_name(weight.format), ", batch = ", batch, ", k = ", weight.k));
+    }
+    if (options.direct > 0 || options.row_split == 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kWhat, ": integer = 1 with direct = ", options.direct, " and row_split = ",
+          options.row_split, ": choose one kernel"));
+    }
+    if ((asked_warps != 0 && asked_warps != kIntegerWarps) ||
+        (options.row_tiles != 0 && options.row_tiles != 1 && options.row_tiles != 2) ||
+        (options.pipeline_stages != -1 && options.pipeline_stages != 2)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kWhat, ": integer = 1 runs ", kIntegerWarps,
+          " warps, row_tiles 1 or 2 and pipeline_stages 2; got warps_per_block = ", asked_warps,
+          ", row_tiles = ", options.row_tiles, ", pipeline_stages = ", options.pipeline_stages));
+    }
+  }
+  if (options.integer == 1 ||
+      (options.integer == -1 && integer_fits && options.direct == -1 &&
+       options.pipeline_stages == -1 && options.bit_decode && options.row_tiles == 0 &&
+       asked_warps == 0 && batch <= kIntegerDefaultMaxBatch && weight.n >= kLargeLayerRows)) {
+    const int row_tiles = options.row_tiles != 0 ? options.row_tiles : batch == 1 ? 2 : 1;
+    VB_RETURN_IF_ERROR(launch_integer(p, type, row_tiles, options.max_blocks, stream));
+    return launch_status(kWhat);
   }
   int direct_segments = options.direct > 0 ? options.direct : 0;
   if (options.direct == -1 && options.pipeline_stages == -1 && options.bit_decode &&

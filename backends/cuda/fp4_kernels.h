@@ -101,6 +101,12 @@ struct LinearOptions {
   // (INVALID_ARGUMENT where it cannot run); 0: never; -1: chosen where it applies and the other
   // fields leave the choice open.
   int row_split = -1;
+  // The integer kernel (NVFP4, bf16 or fp16 activations, batch <= 4, k a multiple of 128, at
+  // most 96 KiB of x as staged: batch * k * 3 bytes): codes as 8-bit integer MMA operands, x as
+  // 15-bit fixed point per 16-element block, block scales applied to the MMA's exact sums
+  // (docs/fp4.md). 1: use it (INVALID_ARGUMENT where it cannot run; row_tiles 1 or 2, 8 warps);
+  // 0: never; -1: chosen where it applies and the other fields leave the choice open.
+  int integer = -1;
 };
 
 // y[b, j] = sum_k x[b, k] * W[j, k] (+ bias[j]) for b < batch, j < n. x: [batch, k] (16-byte

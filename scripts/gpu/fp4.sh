@@ -4,7 +4,8 @@
 # kernels changed.
 #
 #   device run, carry [".debs"]:  bash scripts/gpu/fp4.sh   (VB_FP4_PROFILE=1: Nsight Compute
-#   instead of the benchmark; VB_FP4_BENCH=variants,table,shapes: which benchmarks)
+#   instead of the benchmark; VB_FP4_BENCH=variants,table,shapes: which benchmarks;
+#   VB_FP4_SASS=1: the kernels' machine code, VB_FP4_SASS_MATCH: of the names matching a regex)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/gpu/env.sh
@@ -14,9 +15,13 @@ cmake --build build-gpu -j "$(nproc)" --target gpu_tests fp4_bench > "$out/build
 if [[ "${VB_FP4_SASS:-0}" == 1 ]]; then  # the kernels' machine code, for reading elsewhere
   cuobjdump -sass build-gpu/backends/cuda/CMakeFiles/backends_cuda.dir/fp4_kernels.cu.o \
     > "$out/fp4_kernels.sass" 2>&1 || echo "cuobjdump failed"
+  if [[ -n "${VB_FP4_SASS_MATCH:-}" ]]; then  # only the functions whose name matches
+    awk -v pattern="$VB_FP4_SASS_MATCH" '/Function : /{keep = $0 ~ pattern} keep' \
+      "$out/fp4_kernels.sass" > "$out/fp4_match.sass" && rm "$out/fp4_kernels.sass"
+  fi
 fi
 build-gpu/tests/gpu/gpu_tests --gtest_filter='Fp4*' 2>&1 | tee "$out/fp4-tests.log" \
-  | grep -E "OK \]|FAILED|Failure|PASSED|stages" | head -40
+  | grep -E "OK \]|FAILED|Failure|PASSED|stages" | sed -n 1,40p
 tests_rc=${PIPESTATUS[0]}
 if [[ "${VB_FP4_PROFILE:-0}" == 1 ]]; then
   # Nsight Compute on one fused launch (28672 x 8192 NVFP4, batch 1: the first the quick

@@ -180,6 +180,7 @@ struct LinearCase {
   bool bits = true;    // LinearOptions::bit_decode
   int direct = -1;     // LinearOptions::direct
   int row_split = -1;  // LinearOptions::row_split
+  int integer = -1;    // LinearOptions::integer
 };
 
 void check_linear(const LinearCase& c, unsigned seed) {
@@ -190,7 +191,7 @@ void check_linear(const LinearCase& c, unsigned seed) {
       " stages=" + std::to_string(c.stages) + " row_tiles=" + std::to_string(c.row_tiles) +
       " max_blocks=" + std::to_string(c.max_blocks) + (c.bits ? "" : " table") +
       " direct=" + std::to_string(c.direct) + " row_split=" + std::to_string(c.row_split) +
-      (c.bias ? " +bias" : "");
+      " integer=" + std::to_string(c.integer) + (c.bias ? " +bias" : "");
   const std::vector<float> wf = gaussian(c.n * c.k, seed, 0.02f);
   auto q = cpu::quantize(wf.data(), c.n, c.k, c.format);
   ASSERT_TRUE(q.ok()) << q.status();
@@ -217,6 +218,7 @@ void check_linear(const LinearCase& c, unsigned seed) {
     options.bit_decode = c.bits;
     options.direct = c.direct;
     options.row_split = c.row_split;
+    options.integer = c.integer;
     const absl::Status status =
         fp4_linear((*device)->view(), dx.get(), c.batch, c.type, c.bias ? dbias.get() : nullptr,
                    dy.get(), nullptr, options);
@@ -336,10 +338,102 @@ TEST(Fp4GpuTest, FusedLinearMatchesFloat64) {
                seed++);
   check_linear({Format::kNvfp4, 100, 4096, 16, Activation::kBf16, true, 0, -1, 0, 0, true, -1, 1},
                seed++);
-  // The defaults from 16384 rows: the direct kernel with two segments up to 4 batch rows, the
+  // The integer kernel (NVFP4, bf16 and fp16, batch 1..4), each variant built (row tiles 1;
+  // 2 for one batch row), some with fewer blocks than row groups: steps that do not divide among
+  // its 8 warps (1792 = 14 steps; 256 = 2: warps with none), batch 3 (run as 4, one row of zeros),
+  // rows past n, many blocks, and the largest x it stages (4 rows of 8192).
+  for (Activation type : {Activation::kBf16, Activation::kFp16}) {
+    for (int64_t batch : {1, 2, 3, 4}) {
+      check_linear({Format::kNvfp4, 200, 1792, batch, type, batch != 2, 0, -1, 1, 0, true, 0, 0, 1},
+                   seed++);
+      check_linear({Format::kNvfp4, 37, 256, batch, type, true, 0, -1, 1, 2, true, 0, 0, 1},
+                   seed++);
+    }
+    check_linear({Format::kNvfp4, 200, 1792, 1, type, true, 0, -1, 2, 3, true, 0, 0, 1}, seed++);
+    check_linear({Format::kNvfp4, 9000, 256, 1, type, false, 0, 2, 2, 0, true, 0, 0, 1}, seed++);
+    check_linear({Format::kNvfp4, 9000, 256, 4, type, true, 0, -1, 0, 5, true, 0, 0, 1}, seed++);
+    check_linear({Format::kNvfp4, 100, 8192, 4, type, true, 0, -1, 1, 0, true, 0, 0, 1}, seed++);
+  }
+  // The defaults from 16384 rows: the integer kernel up to 4 batch rows (bf16 and fp16), the
   // row-split kernel from 9 (both measured faster there only).
   check_linear({Format::kNvfp4, 16384, 256, 3, Activation::kBf16, true, 0}, seed++);
+  check_linear({Format::kNvfp4, 16384, 256, 1, Activation::kFp16, true, 0}, seed++);
   check_linear({Format::kNvfp4, 16384, 128, 13, Activation::kBf16, true, 0}, seed++);
+}
+
+// The integer kernel keeps x as 15-bit fixed point per 16-element block: x whose elements span
+// 2^-24 .. 2^12 inside each block (and whole blocks of tiny or huge values) still matches
+// float64, and Inf or NaN in a batch row makes that row's outputs NaN without touching the
+// others.
+TEST(Fp4GpuTest, IntegerKernelTakesWideAndNonFiniteX) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 300, k = 1024, batch = 4;
+  const std::vector<float> wf = gaussian(n * k, 31, 0.02f);
+  auto q = cpu::quantize(wf.data(), n, k, Format::kNvfp4);
+  ASSERT_TRUE(q.ok()) << q.status();
+  auto device = DeviceWeight::upload(*q);
+  ASSERT_TRUE(device.ok()) << device.status();
+  for (Activation type : {Activation::kBf16, Activation::kFp16}) {
+    const bool bf16 = type == Activation::kBf16;
+    auto to_bits = [bf16](float f) {
+      return bf16 ? cpu::float_to_bf16_bits(f) : cpu::float_to_fp16_bits(f);
+    };
+    auto to_float = [bf16](uint16_t h) {
+      return bf16 ? cpu::bf16_bits_to_float(h) : cpu::fp16_bits_to_float(h);
+    };
+    std::mt19937 rng(bf16 ? 41 : 42);
+    std::uniform_real_distribution<float> exponent(bf16 ? -24.0f : -14.0f, bf16 ? 12.0f : 10.0f);
+    std::vector<uint16_t> x(batch * k);
+    for (int64_t i = 0; i < batch * k; ++i) {
+      const float magnitude = std::exp2(exponent(rng));
+      float v = (rng() & 1) ? magnitude : -magnitude;
+      if ((i / 16) % 7 == 3) v *= bf16 ? 0x1p-100f : 0x1p-8f;  // blocks of only small values
+      x[i] = to_bits(v);
+    }
+    Buffer dx(x.size() * 2), dy(batch * n * 2);
+    dx.upload(x);
+    LinearOptions options;
+    options.integer = 1;
+    dy.poison();
+    ASSERT_TRUE(
+        fp4_linear((*device)->view(), dx.get(), batch, type, nullptr, dy.get(), nullptr, options)
+            .ok());
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    std::vector<uint16_t> y = dy.download<uint16_t>(batch * n);
+    const std::vector<double> ref = reference(x, batch, *q, {}, type);
+    double num = 0, den = 0;
+    for (size_t i = 0; i < y.size(); ++i) {
+      const double v = to_float(y[i]);
+      ASSERT_FALSE(std::isnan(v)) << "output " << i;
+      num += (v - ref[i]) * (v - ref[i]);
+      den += ref[i] * ref[i];
+    }
+    const double error = std::sqrt(num / den);
+    EXPECT_LT(error, 1e-2) << (bf16 ? "bf16" : "fp16");
+    std::printf("GPU integer kernel, x over 2^-24..2^12 in each block (%s): relative error %.2e\n",
+                bf16 ? "bf16" : "fp16", error);
+
+    // Batch row 1 gets an Inf, row 2 a NaN: their outputs are NaN, rows 0 and 3 unchanged.
+    x[1 * k + 700] = to_bits(std::numeric_limits<float>::infinity());
+    x[2 * k + 5] = to_bits(std::numeric_limits<float>::quiet_NaN());
+    dx.upload(x);
+    dy.poison();
+    ASSERT_TRUE(
+        fp4_linear((*device)->view(), dx.get(), batch, type, nullptr, dy.get(), nullptr, options)
+            .ok());
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const std::vector<uint16_t> y2 = dy.download<uint16_t>(batch * n);
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t j = 0; j < n; ++j) {
+        const size_t i = b * n + j;
+        if (b == 1 || b == 2) {
+          ASSERT_TRUE(std::isnan(to_float(y2[i]))) << "batch row " << b << ", output " << j;
+        } else {
+          ASSERT_EQ(y2[i], y[i]) << "batch row " << b << ", output " << j;
+        }
+      }
+    }
+  }
 }
 
 // Every NVFP4 code under extreme block scales (zero, the smallest subnormal E4M3, 448, negative,
@@ -375,11 +469,14 @@ TEST(Fp4GpuTest, FusedLinearReadsEveryCodeAndScaleExactly) {
     int direct;
     int rows_per_call;  // one-hot batch rows (the direct kernel takes at most 8)
     int row_split = 0;
+    int integer = 0;
   };
   for (Activation type : {Activation::kBf16, Activation::kFp16}) {
     std::vector<Path> paths = {Path{"register kernel", 0, false, 0, 16},
                                Path{"staged, table", 2, false, 0, 16},
                                Path{"staged, bit decode", 2, true, 0, 16}};
+    paths.push_back(Path{"integer, one row tile", -1, true, 0, 4, 0, 1});
+    paths.push_back(Path{"integer, two row tiles", -1, true, 0, 1, 0, 1});
     if (type == Activation::kBf16) {
       paths.push_back(Path{"direct, one segment", -1, true, 1, 8});
       paths.push_back(Path{"direct, two segments", -1, true, 2, 4});
@@ -391,6 +488,8 @@ TEST(Fp4GpuTest, FusedLinearReadsEveryCodeAndScaleExactly) {
       options.bit_decode = path.bits;
       options.direct = path.direct;
       options.row_split = path.row_split;
+      options.integer = path.integer;
+      if (path.integer == 1) options.row_tiles = path.rows_per_call == 1 ? 2 : 1;
       const int rows = path.rows_per_call;
       int64_t mismatches = 0;
       for (int64_t k0 = 0; k0 < w.k; k0 += rows) {  // `rows` one-hot rows a call
@@ -535,6 +634,30 @@ TEST(Fp4GpuTest, FusedLinearRefusesBadArguments) {
   const absl::Status split_bad =
       direct_call(**device128, x128.get(), 1, Activation::kBf16, y128.get(), split);
   EXPECT_NE(split_bad.message().find("row_split = 2"), absl::string_view::npos) << split_bad;
+  // The integer kernel where it cannot run (NF4; 16 rows), with another kernel asked for too, an
+  // unbuilt row tile, and a bad value of the option.
+  LinearOptions integer;
+  integer.integer = 1;
+  const absl::Status int_nf4 =
+      direct_call(**device, x.get(), 1, Activation::kBf16, y.get(), integer);
+  EXPECT_NE(int_nf4.message().find("got nf4"), absl::string_view::npos) << int_nf4;
+  const absl::Status int_sixteen =
+      direct_call(**device128, x16.get(), 16, Activation::kBf16, y16.get(), integer);
+  EXPECT_NE(int_sixteen.message().find("batch = 16"), absl::string_view::npos) << int_sixteen;
+  integer.direct = 1;
+  const absl::Status int_both =
+      direct_call(**device128, x128.get(), 1, Activation::kBf16, y128.get(), integer);
+  EXPECT_NE(int_both.message().find("choose one"), absl::string_view::npos) << int_both;
+  integer.direct = -1;
+  integer.row_tiles = 2;
+  const absl::Status int_tiles =
+      direct_call(**device128, x16.get(), 2, Activation::kBf16, y16.get(), integer);
+  EXPECT_NE(int_tiles.message().find("row_tiles = 2"), absl::string_view::npos) << int_tiles;
+  integer.row_tiles = 0;
+  integer.integer = 2;
+  const absl::Status int_bad =
+      direct_call(**device128, x128.get(), 1, Activation::kBf16, y128.get(), integer);
+  EXPECT_NE(int_bad.message().find("integer = 2"), absl::string_view::npos) << int_bad;
 }
 
 }  // namespace
