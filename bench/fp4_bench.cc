@@ -118,12 +118,13 @@ void sweep_variants(double copy_gbps, int64_t rotate_bytes, int reps) {
     int row_split = 0;
     int integer = 0;
   };
-  const std::vector<Variant> small = {
-      {0, 0, 8, false},          {2, 2, 8, false},          {2, 2, 8, true},
-      {4, 2, 8, true},           {2, 2, 16, true},          {2, 1, 16, true},
-      {3, 1, 16, true},          {-1, 1, 8, true, 1},       {-1, 2, 8, true, 1},
-      {-1, 1, 8, true, 2},       {-1, 2, 8, true, 2},       {-1, 1, 8, true, 0, 0, 1},
-      {-1, 2, 8, true, 0, 0, 1}, {-1, 0, 0, true, -1, -1, -1}};
+  const std::vector<Variant> small = {{0, 0, 8, false},          {2, 2, 8, false},
+                                      {2, 2, 8, true},           {4, 2, 8, true},
+                                      {2, 2, 16, true},          {2, 1, 16, true},
+                                      {3, 1, 16, true},          {-1, 1, 8, true, 1},
+                                      {-1, 2, 8, true, 1},       {-1, 1, 8, true, 2},
+                                      {-1, 2, 8, true, 2},       {-1, 1, 8, true, 0, 0, 1},
+                                      {-1, 2, 8, true, 0, 0, 1}, {-1, 0, 0, true, -1, -1, -1}};
   const std::vector<Variant> large = {
       {0, 0, 8, false}, {2, 2, 4, false}, {2, 2, 4, true},        {2, 2, 8, true},
       {3, 2, 4, true},  {2, 4, 8, true},  {-1, 0, 0, true, 0, 1}, {-1, 0, 0, true, -1, -1, -1}};
@@ -188,6 +189,71 @@ void sweep_variants(double copy_gbps, int64_t rotate_bytes, int reps) {
         std::printf("%-12s %5ld %7d %9d %6d %5d %6d %5d %4d  %9.1f %9.1f %7.2fx %11.0f %7.0f%%\n",
                     shape.c_str(), static_cast<long>(batch), v.stages, v.row_tiles, v.warps, v.bits,
                     v.direct, v.row_split, v.integer, ms * 1e3, bf16_ms * 1e3, bf16_ms / ms, gbps,
+                    100.0 * gbps / copy_gbps);
+      }
+    }
+  }
+}
+
+// NVFP4 with fp16 activations: the staged kernel (its default there) against the integer
+// kernel, at batches 1 to 4, against fp16 cuBLAS at the same batch.
+void sweep_fp16(double copy_gbps, int64_t rotate_bytes, int reps) {
+  struct Variant {
+    const char* name;
+    int stages, row_tiles, integer;
+  };
+  const std::vector<Variant> variants = {{"staged (default below 16384 rows)", 2, 2, 0},
+                                         {"integer, row_tiles 1", -1, 1, 1},
+                                         {"integer, row_tiles 2", -1, 2, 1}};
+  const auto fp16 = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kHalf);
+  std::printf("\nnvfp4 with fp16 activations\n%-12s %5s %-36s %9s %9s %8s %11s %8s\n", "N x K",
+              "batch", "kernel", "fp4 us", "fp16 us", "speedup", "weight GB/s", "of copy");
+  for (auto [n, k] : {std::pair<int64_t, int64_t>{28672, 8192}, {8192, 8192}}) {
+    const std::string shape = std::to_string(n) + "x" + std::to_string(k);
+    const int64_t packed_bytes = n * k / 2 + n * (k / 16);
+    const int copies = static_cast<int>(std::max<int64_t>(2, rotate_bytes / packed_bytes + 1));
+    std::vector<Fp4Copy> w4;
+    for (int i = 0; i < copies; ++i) w4.push_back(make_weight(Format::kNvfp4, n, k));
+    const int fp16_copies = static_cast<int>(std::max<int64_t>(2, rotate_bytes / (n * k * 2) + 1));
+    std::vector<at::Tensor> w16;
+    for (int i = 0; i < fp16_copies; ++i) w16.push_back(torch::randn({n, k}, fp16) * 0.02);
+    at::Tensor scratch = torch::empty({n, k}, fp16.dtype(torch::kBFloat16));
+    check(fp4::dequantize_to_bf16(w4[0].view, static_cast<uint16_t*>(scratch.data_ptr()), nullptr),
+          "dequantize_to_bf16");
+    for (int64_t batch : {1, 2, 4}) {
+      const at::Tensor x = torch::randn({batch, k}, fp16);
+      at::Tensor y = torch::empty({batch, n}, fp16);
+      const at::Tensor ref = at::linear(x.to(at::kFloat), scratch.to(at::kFloat));
+      const double fp16_ms =
+          median_ms(reps, [&](int i) { y = at::linear(x, w16[i % fp16_copies]); });
+      for (const Variant& v : variants) {
+        fp4::LinearOptions options;
+        options.pipeline_stages = v.stages;
+        options.row_tiles = v.row_tiles;
+        options.integer = v.integer;
+        options.direct = 0;
+        options.row_split = 0;
+        options.bit_decode = false;
+        auto launch = [&](int i) {
+          return fp4::fp4_linear(w4[i % copies].view, x.data_ptr(), batch, fp4::Activation::kFp16,
+                                 nullptr, y.data_ptr(), nullptr, options);
+        };
+        const absl::Status status = launch(0);
+        if (!status.ok()) {
+          std::printf("%-12s %5ld %-36s not run: %s\n", shape.c_str(), static_cast<long>(batch),
+                      v.name, std::string(status.message()).c_str());
+          continue;
+        }
+        const double err = relative_error(y, ref);
+        if (!(err < 1e-2)) {
+          std::printf("CHECK FAILED %s batch %ld %s: %.3e\n", shape.c_str(),
+                      static_cast<long>(batch), v.name, err);
+          continue;
+        }
+        const double ms = median_ms(reps, [&](int i) { check(launch(i), "fp4_linear"); });
+        const double gbps = packed_bytes / (ms / 1e3) / 1e9;
+        std::printf("%-12s %5ld %-36s %9.1f %9.1f %7.2fx %11.0f %7.0f%%\n", shape.c_str(),
+                    static_cast<long>(batch), v.name, ms * 1e3, fp16_ms * 1e3, fp16_ms / ms, gbps,
                     100.0 * gbps / copy_gbps);
       }
     }
@@ -306,6 +372,7 @@ int main(int argc, char** argv) {
   }
   if (mode == "--variants") {
     sweep_variants(copy_gbps, rotate_bytes, reps);
+    sweep_fp16(copy_gbps, rotate_bytes, reps);
     return 0;
   }
   if (mode == "--shapes") {

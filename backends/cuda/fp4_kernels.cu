@@ -1326,11 +1326,24 @@ void launch_row_split(const LinearParams& p, cudaStream_t stream) {
 //   add their columns and the warps their k ranges, in a fixed order.
 // x that is Inf or NaN gives its block a NaN factor, so every output of that batch row is NaN.
 // (IEEE arithmetic would give +-Inf where no weight of the row is zero.)
+//
+// Measured on the H200 (docs/fp4.md), 28672 x 8192, batch 1: 51.3 us in bf16 (the direct kernel
+// 51.0 us in the same run) and 51.4 us in fp16 (the staged kernel 58.8 us), the default there.
+// It issues ~400 instructions a warp-step of 32 rows, against the direct kernel's ~512, yet runs
+// no faster: Nsight Compute's source view puts a quarter of its stall samples on the first use
+// of each step's loads. Neither more bytes in flight (loads issued two steps ahead instead of
+// one; a cp.async ring of 4 to 12 stages in shared memory; L2 prefetches) nor a row-tiled
+// layout of the codes (each warp-step one contiguous KiB, tried as a probe) moved it by more
+// than the noise, and several were slower; docs/fp4.md lists them.
 
 constexpr int kIntegerWarps = 8;
 constexpr int kIntegerMaxBatch = 4;
-// The integer kernel is the default up to this batch (on layers of kLargeLayerRows or more).
-constexpr int64_t kIntegerDefaultMaxBatch = 4;
+// The integer kernel is the default for fp16 activations up to this batch, on layers of
+// kLargeLayerRows or more. Measured on the H200 (docs/fp4.md), 28672 x 8192 NVFP4, batch 1:
+// 51.4 us against the staged kernel's 58.8 us in fp16; in bf16 it ties the direct kernel
+// (51.3 against 51.0 us), and from 2 batch rows it is slower than both (its MMA columns are
+// one block each, so every batch row takes MMAs of its own).
+constexpr int64_t kIntegerDefaultMaxBatch = 1;
 // Shared memory a batch row and 128-wide step: B fragments (two blocks x 8 columns x 16 bytes),
 // then the accumulator starts and the factors (4 lanes t x 4 values each).
 constexpr int kIntegerFragmentBytes = 256;
@@ -1425,8 +1438,8 @@ __device__ __forceinline__ void stage_integer_x(const LinearParams& p, int rows,
 #pragma unroll
     for (int i = 0; i < 16; ++i) {
       const int fixed = finite ? __float2int_rn(v[i] * up_first * up_second) : 0;  // <= 2^14
-      const int hi = (fixed + 128) >> 8;                                   // -64..64
-      const int lo = fixed - 256 * hi;                                     // -128..127
+      const int hi = (fixed + 128) >> 8;                                           // -64..64
+      const int lo = fixed - 256 * hi;                                             // -128..127
       hi_sum += hi;
       lo_sum += lo;
       hi_words[i / 4] |= (static_cast<uint32_t>(hi) & 0xFFu) << (8 * (i % 4));
@@ -1477,8 +1490,7 @@ __global__ void __launch_bounds__(kIntegerWarps * 32, 2) integer_linear_kernel(L
       blockIdx.x < groups ? static_cast<int>((groups - 1 - blockIdx.x) / gridDim.x) + 1 : 0;
   const int64_t group_stride = int64_t{gridDim.x} * kRows;
   const int steps = static_cast<int>(p.k / kStepK);
-  const int my_steps =
-      warp < steps ? (steps - warp + kIntegerWarps - 1) / kIntegerWarps : 0;
+  const int my_steps = warp < steps ? (steps - warp + kIntegerWarps - 1) / kIntegerWarps : 0;
   const int64_t row_bytes = p.k / 2;
   const int64_t scale_row_bytes = p.k / 16;
 
@@ -1504,8 +1516,8 @@ __global__ void __launch_bounds__(kIntegerWarps * 32, 2) integer_linear_kernel(L
           code_src[r][h] = p.codes + row * row_bytes + warp * (kStepK / 2) + 16 * t;
           // Scale bytes 4 (t % 2) .. + 3 of the step: blocks of chunks 2 (t % 2) and + 1.
           scale_src[r][h] = reinterpret_cast<const uint32_t*>(
-              static_cast<const uint8_t*>(p.scales) + row * scale_row_bytes +
-              warp * (kStepK / 16) + 4 * (t % 2));
+              static_cast<const uint8_t*>(p.scales) + row * scale_row_bytes + warp * (kStepK / 16) +
+              4 * (t % 2));
         }
       }
     }
@@ -1538,14 +1550,14 @@ __global__ void __launch_bounds__(kIntegerWarps * 32, 2) integer_linear_kernel(L
   // lanes that hold none read the zero word for every block, batch row and step.
   const bool holds_column = t == (g & 3);
   const int64_t row_step_bytes = int64_t{steps} * kIntegerStepBytes;  // one batch row
-  const uint8_t* fragment_first =
-      holds_column ? xs + int64_t{warp} * kIntegerStepBytes + 16 * g
-                   : reinterpret_cast<const uint8_t*>(zeros);
+  const uint8_t* fragment_first = holds_column ? xs + int64_t{warp} * kIntegerStepBytes + 16 * g
+                                               : reinterpret_cast<const uint8_t*>(zeros);
   const int fragment_block_stride = holds_column ? 128 : 0;
   const int64_t fragment_batch_stride = holds_column ? row_step_bytes : 0;
   const int64_t fragment_step_stride =
       holds_column ? int64_t{kIntegerWarps} * kIntegerStepBytes : 0;
-  const uint8_t* meta_first = xs + int64_t{warp} * kIntegerStepBytes + kIntegerFragmentBytes + 16 * t;
+  const uint8_t* meta_first =
+      xs + int64_t{warp} * kIntegerStepBytes + kIntegerFragmentBytes + 16 * t;
   p.tensor_scale *= 0.5f;  // the MMA's weights are 2e
   for (int group = 0; group < my_groups; ++group) {
     const int64_t row0 = int64_t{blockIdx.x} * kRows + group * group_stride;
@@ -1593,10 +1605,9 @@ __global__ void __launch_bounds__(kIntegerWarps * 32, 2) integer_linear_kernel(L
           }
 #pragma unroll
           for (int b = 0; b < kBatch; ++b) {
-            int32_t dot[4] = {static_cast<int32_t>(starts[b][2 * q]),
-                              static_cast<int32_t>(starts[b][2 * q + 1]),
-                              static_cast<int32_t>(starts[b][2 * q]),
-                              static_cast<int32_t>(starts[b][2 * q + 1])};
+            int32_t dot[4] = {
+                static_cast<int32_t>(starts[b][2 * q]), static_cast<int32_t>(starts[b][2 * q + 1]),
+                static_cast<int32_t>(starts[b][2 * q]), static_cast<int32_t>(starts[b][2 * q + 1])};
             mma_u8s8(dot, a[0][0], a[0][1], a[0][2], a[0][3], fragment[b][q].x, fragment[b][q].y);
             mma_u8s8(dot, a[1][0], a[1][1], a[1][2], a[1][3], fragment[b][q].z, fragment[b][q].w);
 #pragma unroll
@@ -1660,7 +1671,7 @@ absl::Status launch_integer(const LinearParams& p, Activation type, int row_tile
   const int batch_columns = integer_batch_columns(p.batch);
   // Two row tiles only for one batch row: above, 128 registers a thread do not hold them.
   void (*kernel)(LinearParams) = nullptr;
-#define VB_INTEGER(T, R, B)                                                                 \
+#define VB_INTEGER(T, R, B) \
   if (row_tiles == R && batch_columns == B) kernel = integer_linear_kernel<T, R, B>;
   if (type == Activation::kBf16) {
     VB_INTEGER(__nv_bfloat16, 1, 1)
@@ -1676,8 +1687,8 @@ absl::Status launch_integer(const LinearParams& p, Activation type, int row_tile
 #undef VB_INTEGER
   if (kernel == nullptr) {
     return absl::InvalidArgumentError(
-        absl::StrCat("fp4_linear: no integer kernel for row_tiles = ", row_tiles, " and batch = ",
-                     p.batch, " (built: row_tiles 1, and 2 for batch 1)"));
+        absl::StrCat("fp4_linear: no integer kernel for row_tiles = ", row_tiles,
+                     " and batch = ", p.batch, " (built: row_tiles 1, and 2 for batch 1)"));
   }
   const int rows = 16 * row_tiles;
   const size_t smem = integer_smem(rows, batch_columns, p.k);
@@ -1790,9 +1801,10 @@ absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t b
     return absl::InvalidArgumentError(absl::StrCat(kWhat, ": n = ", weight.n, " is too large"));
   }
   // The defaults, as measured on the H200 (docs/fp4.md), where the other fields leave the
-  // choice open: on layers of kLargeLayerRows rows or more, the direct kernel with two segments
-  // up to kDirectDefaultMaxBatch batch rows and the row-split kernel from 9; else the staged
-  // kernel wherever it applies, and the register kernel.
+  // choice open: on layers of kLargeLayerRows rows or more, the integer kernel for one fp16
+  // batch row, the direct kernel with two segments up to kDirectDefaultMaxBatch bf16 batch rows
+  // and the row-split kernel from 9; else the staged kernel wherever it applies, and the
+  // register kernel.
   if (options.direct < -1 || options.direct > 2) {
     return absl::InvalidArgumentError(absl::StrCat(kWhat, ": direct = ", options.direct,
                                                    ": expected -1 (chosen), 0 (never), 1 or 2"));
@@ -1831,9 +1843,9 @@ absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t b
           backends::fp4::format_name(weight.format), ", batch = ", batch, ", k = ", weight.k));
     }
     if (options.direct > 0 || options.row_split == 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          kWhat, ": integer = 1 with direct = ", options.direct, " and row_split = ",
-          options.row_split, ": choose one kernel"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(kWhat, ": integer = 1 with direct = ", options.direct,
+                       " and row_split = ", options.row_split, ": choose one kernel"));
     }
     if ((asked_warps != 0 && asked_warps != kIntegerWarps) ||
         (options.row_tiles != 0 && options.row_tiles != 1 && options.row_tiles != 2) ||
@@ -1845,7 +1857,7 @@ absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t b
     }
   }
   if (options.integer == 1 ||
-      (options.integer == -1 && integer_fits && options.direct == -1 &&
+      (options.integer == -1 && integer_fits && type == Activation::kFp16 && options.direct == -1 &&
        options.pipeline_stages == -1 && options.bit_decode && options.row_tiles == 0 &&
        asked_warps == 0 && batch <= kIntegerDefaultMaxBatch && weight.n >= kLargeLayerRows)) {
     const int row_tiles = options.row_tiles != 0 ? options.row_tiles : batch == 1 ? 2 : 1;

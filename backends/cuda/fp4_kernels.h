@@ -104,8 +104,9 @@ struct LinearOptions {
   // The integer kernel (NVFP4, bf16 or fp16 activations, batch <= 4, k a multiple of 128, at
   // most 96 KiB of x as staged: batch * k * 3 bytes): codes as 8-bit integer MMA operands, x as
   // 15-bit fixed point per 16-element block, block scales applied to the MMA's exact sums
-  // (docs/fp4.md). 1: use it (INVALID_ARGUMENT where it cannot run; row_tiles 1 or 2, 8 warps);
-  // 0: never; -1: chosen where it applies and the other fields leave the choice open.
+  // (docs/fp4.md). 1: use it (INVALID_ARGUMENT where it cannot run; 8 warps, row_tiles 1, or 2
+  // for one batch row; pipeline_stages -1 or 2); 0: never; -1: chosen for one fp16 batch row on
+  // layers of 16384 rows or more, where the other fields leave the choice open.
   int integer = -1;
 };
 

@@ -354,8 +354,9 @@ TEST(Fp4GpuTest, FusedLinearMatchesFloat64) {
     check_linear({Format::kNvfp4, 9000, 256, 4, type, true, 0, -1, 0, 5, true, 0, 0, 1}, seed++);
     check_linear({Format::kNvfp4, 100, 8192, 4, type, true, 0, -1, 1, 0, true, 0, 0, 1}, seed++);
   }
-  // The defaults from 16384 rows: the integer kernel up to 4 batch rows (bf16 and fp16), the
-  // row-split kernel from 9 (both measured faster there only).
+  // The defaults from 16384 rows: the integer kernel for one fp16 batch row, the direct kernel
+  // with two segments up to 4 bf16 batch rows, the row-split kernel from 9 (each measured faster
+  // there only).
   check_linear({Format::kNvfp4, 16384, 256, 3, Activation::kBf16, true, 0}, seed++);
   check_linear({Format::kNvfp4, 16384, 256, 1, Activation::kFp16, true, 0}, seed++);
   check_linear({Format::kNvfp4, 16384, 128, 13, Activation::kBf16, true, 0}, seed++);
