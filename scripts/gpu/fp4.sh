@@ -21,7 +21,7 @@ if [[ "${VB_FP4_SASS:-0}" == 1 ]]; then  # the kernels' machine code, for readin
   fi
 fi
 build-gpu/tests/gpu/gpu_tests --gtest_filter='Fp4*' 2>&1 | tee "$out/fp4-tests.log" \
-  | grep -E "OK \]|FAILED|Failure|PASSED|stages" | sed -n 1,40p
+  | grep -E "OK \]|FAILED|Failure|PASSED|GPU integer" | sed -n 1,40p
 tests_rc=${PIPESTATUS[0]}
 if [[ "${VB_FP4_PROFILE:-0}" == 1 ]]; then
   # Nsight Compute on one fused launch (28672 x 8192 NVFP4, batch 1: the first the quick
