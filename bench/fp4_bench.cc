@@ -108,6 +108,31 @@ double copy_bandwidth_gbps() {
   return 2.0 * bytes / (ms / 1e3) / 1e9;  // read + write
 }
 
+// The weights a sweep times at one shape: NVFP4 copies and 16-bit copies (of `dtype`), enough
+// of each to rotate past the L2, and the first NVFP4 copy dequantized to bf16 (the reference).
+struct SweepWeights {
+  int64_t packed_bytes = 0;
+  std::vector<Fp4Copy> w4;
+  std::vector<at::Tensor> w16;
+  at::Tensor dequantized;
+};
+
+SweepWeights make_sweep_weights(int64_t n, int64_t k, int64_t rotate_bytes, at::ScalarType dtype) {
+  SweepWeights w;
+  w.packed_bytes = n * k / 2 + n * (k / 16);
+  const int copies = static_cast<int>(std::max<int64_t>(2, rotate_bytes / w.packed_bytes + 1));
+  for (int i = 0; i < copies; ++i) w.w4.push_back(make_weight(Format::kNvfp4, n, k));
+  const auto options = torch::TensorOptions().device(torch::kCUDA);
+  const int copies16 = static_cast<int>(std::max<int64_t>(2, rotate_bytes / (n * k * 2) + 1));
+  for (int i = 0; i < copies16; ++i)
+    w.w16.push_back(torch::randn({n, k}, options.dtype(dtype)) * 0.02);
+  w.dequantized = torch::empty({n, k}, options.dtype(torch::kBFloat16));
+  check(fp4::dequantize_to_bf16(w.w4[0].view, static_cast<uint16_t*>(w.dequantized.data_ptr()),
+                                nullptr),
+        "dequantize_to_bf16");
+  return w;
+}
+
 // NVFP4 through each kernel variant (register kernel; staged with row tiles, stages, warps)
 // at batches 1 to 16, against bf16 at the same batch: the measurements behind the defaults.
 void sweep_variants(double copy_gbps, int64_t rotate_bytes, int reps) {
@@ -138,22 +163,16 @@ void sweep_variants(double copy_gbps, int64_t rotate_bytes, int reps) {
       "bf16 us", "speedup", "weight GB/s", "of copy");
   for (auto [n, k] : {std::pair<int64_t, int64_t>{28672, 8192}, {8192, 8192}}) {
     const std::string shape = std::to_string(n) + "x" + std::to_string(k);
-    const int64_t packed_bytes = n * k / 2 + n * (k / 16);
-    const int copies = static_cast<int>(std::max<int64_t>(2, rotate_bytes / packed_bytes + 1));
-    std::vector<Fp4Copy> w4;
-    for (int i = 0; i < copies; ++i) w4.push_back(make_weight(Format::kNvfp4, n, k));
-    const int bf16_copies = static_cast<int>(std::max<int64_t>(2, rotate_bytes / (n * k * 2) + 1));
-    std::vector<at::Tensor> w16;
-    for (int i = 0; i < bf16_copies; ++i) w16.push_back(torch::randn({n, k}, bf16) * 0.02);
-    at::Tensor scratch = torch::empty({n, k}, bf16);
-    check(fp4::dequantize_to_bf16(w4[0].view, static_cast<uint16_t*>(scratch.data_ptr()), nullptr),
-          "dequantize_to_bf16");
+    const SweepWeights w = make_sweep_weights(n, k, rotate_bytes, torch::kBFloat16);
+    const int64_t packed_bytes = w.packed_bytes;
+    const auto& w4 = w.w4;
+    const int copies = static_cast<int>(w4.size());
     for (int64_t batch : {1, 2, 4, 8, 16}) {
       const at::Tensor x = torch::randn({batch, k}, bf16);
       at::Tensor y = torch::empty({batch, n}, bf16);
-      const at::Tensor ref = at::linear(x.to(at::kFloat), scratch.to(at::kFloat));
+      const at::Tensor ref = at::linear(x.to(at::kFloat), w.dequantized.to(at::kFloat));
       const double bf16_ms =
-          median_ms(reps, [&](int i) { y = at::linear(x, w16[i % bf16_copies]); });
+          median_ms(reps, [&](int i) { y = at::linear(x, w.w16[i % w.w16.size()]); });
       for (const Variant& v : batch <= 8 ? small : large) {
         fp4::LinearOptions options;
         options.pipeline_stages = v.stages;
@@ -210,22 +229,16 @@ void sweep_fp16(double copy_gbps, int64_t rotate_bytes, int reps) {
               "batch", "kernel", "fp4 us", "fp16 us", "speedup", "weight GB/s", "of copy");
   for (auto [n, k] : {std::pair<int64_t, int64_t>{28672, 8192}, {8192, 8192}}) {
     const std::string shape = std::to_string(n) + "x" + std::to_string(k);
-    const int64_t packed_bytes = n * k / 2 + n * (k / 16);
-    const int copies = static_cast<int>(std::max<int64_t>(2, rotate_bytes / packed_bytes + 1));
-    std::vector<Fp4Copy> w4;
-    for (int i = 0; i < copies; ++i) w4.push_back(make_weight(Format::kNvfp4, n, k));
-    const int fp16_copies = static_cast<int>(std::max<int64_t>(2, rotate_bytes / (n * k * 2) + 1));
-    std::vector<at::Tensor> w16;
-    for (int i = 0; i < fp16_copies; ++i) w16.push_back(torch::randn({n, k}, fp16) * 0.02);
-    at::Tensor scratch = torch::empty({n, k}, fp16.dtype(torch::kBFloat16));
-    check(fp4::dequantize_to_bf16(w4[0].view, static_cast<uint16_t*>(scratch.data_ptr()), nullptr),
-          "dequantize_to_bf16");
+    const SweepWeights w = make_sweep_weights(n, k, rotate_bytes, torch::kHalf);
+    const int64_t packed_bytes = w.packed_bytes;
+    const auto& w4 = w.w4;
+    const int copies = static_cast<int>(w4.size());
     for (int64_t batch : {1, 2, 4}) {
       const at::Tensor x = torch::randn({batch, k}, fp16);
       at::Tensor y = torch::empty({batch, n}, fp16);
-      const at::Tensor ref = at::linear(x.to(at::kFloat), scratch.to(at::kFloat));
+      const at::Tensor ref = at::linear(x.to(at::kFloat), w.dequantized.to(at::kFloat));
       const double fp16_ms =
-          median_ms(reps, [&](int i) { y = at::linear(x, w16[i % fp16_copies]); });
+          median_ms(reps, [&](int i) { y = at::linear(x, w.w16[i % w.w16.size()]); });
       for (const Variant& v : variants) {
         fp4::LinearOptions options;
         options.pipeline_stages = v.stages;
