@@ -325,6 +325,25 @@ void sweep_read_shapes(int sms, int64_t rotate_bytes, int reps) {
       std::printf("%-44s %9.1f %9.0f %7.2fx\n", shape.c_str(), us, bytes / us / 1e3, read_us / us);
     }
   }
+  // As few warps as the 4-bit kernels keep resident (16 an SM: 2 blocks of 8), each with as
+  // few loads in flight as theirs (2 to 4 steps of one 16-byte load a row half), against the
+  // full grid above.
+  for (int rows_per_load : {8, 4}) {
+    for (int in_flight : {2, 4, 8}) {
+      const double us = 1e3 * median_ms(reps, [&](int i) {
+                          if (!vb::bench::launch_rows_read_resident(buffers[i % copies].data_ptr(),
+                                                                    rows, row_bytes, rows_per_load,
+                                                                    in_flight, sms, 2, sink_ptr)) {
+                            std::fprintf(stderr, "rows_read_resident: shape not built\n");
+                            std::exit(1);
+                          }
+                        });
+      const std::string shape = std::to_string(rows_per_load) + " rows x " +
+                                std::to_string(512 / rows_per_load) + " B, " +
+                                std::to_string(in_flight) + " in flight, 16 warps an SM";
+      std::printf("%-44s %9.1f %9.0f %7.2fx\n", shape.c_str(), us, bytes / us / 1e3, read_us / us);
+    }
+  }
 }
 
 }  // namespace

@@ -60,6 +60,37 @@ __global__ void __launch_bounds__(256)
   if (fold == kNeverEqual) *sink = fold;
 }
 
+// The same reads from a persistent grid: as many warps an SM as the 4-bit kernels keep resident
+// (the grid is sized by the caller), each walking row groups in turn.
+template <int kRowsPerLoad, int kInFlight>
+__global__ void __launch_bounds__(256)
+    rows_read_resident_kernel(const uint8_t* __restrict__ src, int rows, int row_bytes,
+                              uint32_t* sink) {
+  constexpr int kLanesPerRow = 32 / kRowsPerLoad;
+  constexpr int kBytesPerRow = 512 / kRowsPerLoad;
+  const int lane = threadIdx.x & 31;
+  const int groups = rows / kRowsPerLoad;
+  const int warps = gridDim.x * 8;
+  const int loads = row_bytes / kBytesPerRow;
+  uint32_t fold = 0;
+  for (int group = blockIdx.x * 8 + (threadIdx.x >> 5); group < groups; group += warps) {
+    const uint8_t* p = src +
+                       static_cast<size_t>(group * kRowsPerLoad + lane / kLanesPerRow) * row_bytes +
+                       16 * (lane % kLanesPerRow);
+    for (int i = 0; i < loads; i += kInFlight) {
+      uint4 v[kInFlight];
+#pragma unroll
+      for (int j = 0; j < kInFlight; ++j) {
+        v[j] = i + j < loads ? load_streaming(p + static_cast<size_t>(i + j) * kBytesPerRow)
+                             : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int j = 0; j < kInFlight; ++j) fold ^= v[j].x ^ v[j].w;
+    }
+  }
+  if (fold == kNeverEqual) *sink = fold;
+}
+
 template <int kRowsPerLoad>
 void rows_read(const void* src, int rows, int row_bytes, int loads_in_flight, uint32_t* sink) {
   const int warps = (rows + kRowsPerLoad - 1) / kRowsPerLoad;
@@ -69,6 +100,19 @@ void rows_read(const void* src, int rows, int row_bytes, int loads_in_flight, ui
     rows_read_kernel<kRowsPerLoad, 8><<<blocks, 256>>>(bytes, rows, row_bytes, sink);
   } else {
     rows_read_kernel<kRowsPerLoad, 4><<<blocks, 256>>>(bytes, rows, row_bytes, sink);
+  }
+}
+
+template <int kRowsPerLoad>
+void rows_read_resident(const void* src, int rows, int row_bytes, int loads_in_flight, int blocks,
+                        uint32_t* sink) {
+  const auto* bytes = static_cast<const uint8_t*>(src);
+  if (loads_in_flight == 2) {
+    rows_read_resident_kernel<kRowsPerLoad, 2><<<blocks, 256>>>(bytes, rows, row_bytes, sink);
+  } else if (loads_in_flight == 4) {
+    rows_read_resident_kernel<kRowsPerLoad, 4><<<blocks, 256>>>(bytes, rows, row_bytes, sink);
+  } else {
+    rows_read_resident_kernel<kRowsPerLoad, 8><<<blocks, 256>>>(bytes, rows, row_bytes, sink);
   }
 }
 
@@ -100,6 +144,25 @@ bool launch_rows_read(const void* src, int rows, int row_bytes, int rows_per_loa
       return true;
     case 16:
       rows_read<16>(src, rows, row_bytes, loads_in_flight, sink);
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool launch_rows_read_resident(const void* src, int rows, int row_bytes, int rows_per_load,
+                               int loads_in_flight, int sms, int blocks_per_sm, uint32_t* sink) {
+  if (row_bytes % 512 != 0 || rows % rows_per_load != 0 || sms <= 0 || blocks_per_sm <= 0 ||
+      (loads_in_flight != 2 && loads_in_flight != 4 && loads_in_flight != 8)) {
+    return false;
+  }
+  const int blocks = sms * blocks_per_sm;
+  switch (rows_per_load) {
+    case 4:
+      rows_read_resident<4>(src, rows, row_bytes, loads_in_flight, blocks, sink);
+      return true;
+    case 8:
+      rows_read_resident<8>(src, rows, row_bytes, loads_in_flight, blocks, sink);
       return true;
     default:
       return false;

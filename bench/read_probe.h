@@ -23,4 +23,12 @@ void launch_plain_read(const void* src, size_t bytes, int sms, int blocks_per_sm
 bool launch_rows_read(const void* src, int rows, int row_bytes, int rows_per_load,
                       int loads_in_flight, uint32_t* sink);
 
+// The same shapes (rows_per_load 4 or 8) with only `blocks_per_sm` blocks of 8 warps an SM, as
+// the 4-bit kernels have resident (2: 16 warps, where registers cap them), each warp walking
+// row groups in turn with `loads_in_flight` (2, 4 or 8) loads a thread issued before any is
+// used: whether so few warps and loads can stream the weight at all. Returns false for a shape
+// that is not built.
+bool launch_rows_read_resident(const void* src, int rows, int row_bytes, int rows_per_load,
+                               int loads_in_flight, int sms, int blocks_per_sm, uint32_t* sink);
+
 }  // namespace vb::bench
