@@ -1312,8 +1312,9 @@ void launch_row_split(const LinearParams& p, cudaStream_t stream) {
 //   for two in the bf16 decode.
 // - x. Each 16-element block of a batch row becomes 15-bit fixed point, X = rint(x 2^E), with E
 //   chosen so the block's largest |x| 2^E lies in [2^13, 2^14), and X = 256 hi + lo with hi and
-//   lo signed bytes. That is exact for every element of at least 1/64 of its block's largest,
-//   and rounds the others by at most 2^-14 of it (bf16 itself rounds by 2^-9 of the element).
+//   lo signed bytes. That is exact for every element of at least 1/64 of its block's largest in
+//   bf16 (8 significant bits; 1/8 in fp16, 11 bits), and rounds the others by at most 2^-14 of
+//   the largest (bf16 itself rounds by 2^-9 of the element).
 //   The block stages it once in shared memory, laid out as the MMA's B fragments.
 // - The MMA (m16n8k32, u8 x s8 into s32). Lane t of a row group holds 8 codes of its own 16-byte
 //   chunk of the row. Column (h, c) of B holds part h (hi or lo) of x only at the k of lane c's
