@@ -35,37 +35,12 @@ __global__ void plain_read_kernel(const uint8_t* __restrict__ src, size_t count,
   if (fold == kNeverEqual) *sink = fold;
 }
 
+// Each warp reads row groups of kRowsPerLoad rows in turn (group w, w + all warps, ...):
+// with a warp for every group, one each; with a smaller grid (as resident as the 4-bit
+// kernels), several.
 template <int kRowsPerLoad, int kInFlight>
 __global__ void __launch_bounds__(256)
     rows_read_kernel(const uint8_t* __restrict__ src, int rows, int row_bytes, uint32_t* sink) {
-  constexpr int kLanesPerRow = 32 / kRowsPerLoad;
-  constexpr int kBytesPerRow = 512 / kRowsPerLoad;
-  const int lane = threadIdx.x & 31;
-  const int row0 = (blockIdx.x * 8 + (threadIdx.x >> 5)) * kRowsPerLoad;
-  if (row0 >= rows) return;
-  const uint8_t* p = src + static_cast<size_t>(row0 + lane / kLanesPerRow) * row_bytes +
-                     16 * (lane % kLanesPerRow);
-  const int loads = row_bytes / kBytesPerRow;
-  uint32_t fold = 0;
-  for (int i = 0; i < loads; i += kInFlight) {
-    uint4 v[kInFlight];
-#pragma unroll
-    for (int j = 0; j < kInFlight; ++j) {
-      v[j] = i + j < loads ? load_streaming(p + static_cast<size_t>(i + j) * kBytesPerRow)
-                           : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int j = 0; j < kInFlight; ++j) fold ^= v[j].x ^ v[j].w;
-  }
-  if (fold == kNeverEqual) *sink = fold;
-}
-
-// The same reads from a persistent grid: as many warps an SM as the 4-bit kernels keep resident
-// (the grid is sized by the caller), each walking row groups in turn.
-template <int kRowsPerLoad, int kInFlight>
-__global__ void __launch_bounds__(256)
-    rows_read_resident_kernel(const uint8_t* __restrict__ src, int rows, int row_bytes,
-                              uint32_t* sink) {
   constexpr int kLanesPerRow = 32 / kRowsPerLoad;
   constexpr int kBytesPerRow = 512 / kRowsPerLoad;
   const int lane = threadIdx.x & 31;
@@ -92,27 +67,43 @@ __global__ void __launch_bounds__(256)
 }
 
 template <int kRowsPerLoad>
-void rows_read(const void* src, int rows, int row_bytes, int loads_in_flight, uint32_t* sink) {
-  const int warps = (rows + kRowsPerLoad - 1) / kRowsPerLoad;
-  const int blocks = (warps + 7) / 8;
+void rows_read(const void* src, int rows, int row_bytes, int loads_in_flight, int blocks,
+               uint32_t* sink) {
   const auto* bytes = static_cast<const uint8_t*>(src);
-  if (loads_in_flight == 8) {
-    rows_read_kernel<kRowsPerLoad, 8><<<blocks, 256>>>(bytes, rows, row_bytes, sink);
-  } else {
+  if (loads_in_flight == 2) {
+    rows_read_kernel<kRowsPerLoad, 2><<<blocks, 256>>>(bytes, rows, row_bytes, sink);
+  } else if (loads_in_flight == 4) {
     rows_read_kernel<kRowsPerLoad, 4><<<blocks, 256>>>(bytes, rows, row_bytes, sink);
+  } else {
+    rows_read_kernel<kRowsPerLoad, 8><<<blocks, 256>>>(bytes, rows, row_bytes, sink);
   }
 }
 
-template <int kRowsPerLoad>
-void rows_read_resident(const void* src, int rows, int row_bytes, int loads_in_flight, int blocks,
-                        uint32_t* sink) {
-  const auto* bytes = static_cast<const uint8_t*>(src);
-  if (loads_in_flight == 2) {
-    rows_read_resident_kernel<kRowsPerLoad, 2><<<blocks, 256>>>(bytes, rows, row_bytes, sink);
-  } else if (loads_in_flight == 4) {
-    rows_read_resident_kernel<kRowsPerLoad, 4><<<blocks, 256>>>(bytes, rows, row_bytes, sink);
-  } else {
-    rows_read_resident_kernel<kRowsPerLoad, 8><<<blocks, 256>>>(bytes, rows, row_bytes, sink);
+// Launches rows_read_kernel with `blocks` blocks of 8 warps; false for a shape not built.
+bool rows_read_grid(const void* src, int rows, int row_bytes, int rows_per_load,
+                    int loads_in_flight, int blocks, uint32_t* sink) {
+  if (row_bytes % 512 != 0 || rows_per_load <= 0 || rows % rows_per_load != 0 || blocks <= 0 ||
+      (loads_in_flight != 2 && loads_in_flight != 4 && loads_in_flight != 8)) {
+    return false;
+  }
+  switch (rows_per_load) {
+    case 1:
+      rows_read<1>(src, rows, row_bytes, loads_in_flight, blocks, sink);
+      return true;
+    case 2:
+      rows_read<2>(src, rows, row_bytes, loads_in_flight, blocks, sink);
+      return true;
+    case 4:
+      rows_read<4>(src, rows, row_bytes, loads_in_flight, blocks, sink);
+      return true;
+    case 8:
+      rows_read<8>(src, rows, row_bytes, loads_in_flight, blocks, sink);
+      return true;
+    case 16:
+      rows_read<16>(src, rows, row_bytes, loads_in_flight, blocks, sink);
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -125,48 +116,17 @@ void launch_plain_read(const void* src, size_t bytes, int sms, int blocks_per_sm
 
 bool launch_rows_read(const void* src, int rows, int row_bytes, int rows_per_load,
                       int loads_in_flight, uint32_t* sink) {
-  if (row_bytes % 512 != 0 || rows_per_load <= 0 || rows % rows_per_load != 0 ||
-      (loads_in_flight != 4 && loads_in_flight != 8)) {
-    return false;
-  }
-  switch (rows_per_load) {
-    case 1:
-      rows_read<1>(src, rows, row_bytes, loads_in_flight, sink);
-      return true;
-    case 2:
-      rows_read<2>(src, rows, row_bytes, loads_in_flight, sink);
-      return true;
-    case 4:
-      rows_read<4>(src, rows, row_bytes, loads_in_flight, sink);
-      return true;
-    case 8:
-      rows_read<8>(src, rows, row_bytes, loads_in_flight, sink);
-      return true;
-    case 16:
-      rows_read<16>(src, rows, row_bytes, loads_in_flight, sink);
-      return true;
-    default:
-      return false;
-  }
+  if (rows_per_load <= 0) return false;
+  const int warps = (rows + rows_per_load - 1) / rows_per_load;  // one a row group
+  return rows_read_grid(src, rows, row_bytes, rows_per_load, loads_in_flight, (warps + 7) / 8,
+                        sink);
 }
 
 bool launch_rows_read_resident(const void* src, int rows, int row_bytes, int rows_per_load,
                                int loads_in_flight, int sms, int blocks_per_sm, uint32_t* sink) {
-  if (row_bytes % 512 != 0 || rows % rows_per_load != 0 || sms <= 0 || blocks_per_sm <= 0 ||
-      (loads_in_flight != 2 && loads_in_flight != 4 && loads_in_flight != 8)) {
-    return false;
-  }
-  const int blocks = sms * blocks_per_sm;
-  switch (rows_per_load) {
-    case 4:
-      rows_read_resident<4>(src, rows, row_bytes, loads_in_flight, blocks, sink);
-      return true;
-    case 8:
-      rows_read_resident<8>(src, rows, row_bytes, loads_in_flight, blocks, sink);
-      return true;
-    default:
-      return false;
-  }
+  if (sms <= 0 || blocks_per_sm <= 0) return false;
+  return rows_read_grid(src, rows, row_bytes, rows_per_load, loads_in_flight, sms * blocks_per_sm,
+                        sink);
 }
 
 }  // namespace vb::bench

@@ -14,20 +14,18 @@ namespace vb::bench {
 void launch_plain_read(const void* src, size_t bytes, int sms, int blocks_per_sm, uint32_t* sink);
 
 // Reads `rows` rows (a multiple of rows_per_load) of `row_bytes` (a multiple of 512) at `src`,
-// each warp owning
-// `rows_per_load` consecutive rows (1, 2, 4, 8 or 16) and reading 512 / rows_per_load bytes
-// of each per 16-byte load: the shape of one warp load, from one row x 512 bytes to 16 rows x
-// 32 bytes (the 4-bit kernels' MMA layout loads 8 rows x 64 bytes, or 4 x 128 with two k
-// segments). `loads_in_flight` (4 or 8) loads per thread are issued before any is used.
-// Returns false for a shape that is not built.
+// each warp owning `rows_per_load` consecutive rows (1, 2, 4, 8 or 16) and reading
+// 512 / rows_per_load bytes of each per 16-byte load: the shape of one warp load, from one row x
+// 512 bytes to 16 rows x 32 bytes (the 4-bit kernels' MMA layout loads 8 rows x 64 bytes, or 4 x
+// 128 with two k segments). `loads_in_flight` (2, 4 or 8) loads per thread are issued before any is
+// used. Returns false for a shape that is not built.
 bool launch_rows_read(const void* src, int rows, int row_bytes, int rows_per_load,
                       int loads_in_flight, uint32_t* sink);
 
-// The same shapes (rows_per_load 4 or 8) with only `blocks_per_sm` blocks of 8 warps an SM, as
-// the 4-bit kernels have resident (2: 16 warps, where registers cap them), each warp walking
-// row groups in turn with `loads_in_flight` (2, 4 or 8) loads a thread issued before any is
-// used: whether so few warps and loads can stream the weight at all. Returns false for a shape
-// that is not built.
+// The same shapes with only `blocks_per_sm` blocks of 8 warps an SM, as the 4-bit kernels
+// have resident (2: 16 warps, where registers cap them), each warp walking row groups in turn with
+// `loads_in_flight` (2, 4 or 8) loads a thread issued before any is used: whether so few warps and
+// loads can stream the weight at all. Returns false for a shape that is not built.
 bool launch_rows_read_resident(const void* src, int rows, int row_bytes, int rows_per_load,
                                int loads_in_flight, int sms, int blocks_per_sm, uint32_t* sink);
 

@@ -900,21 +900,29 @@ constexpr int64_t kDirectDefaultMaxBatch = 4;
 // faster at 8192 rows (docs/fp4.md).
 constexpr int64_t kLargeLayerRows = 16384;
 
-// Scale bytes 0 and 1 of `pair` (E4M3) as bf16 pairs holding e4m3 * 2^119 in both halves, the
-// scale that bit decoding needs (see kE2m1ScaleBias); exact, NaN stays NaN.
-__device__ __forceinline__ void e4m3_pair_to_scales(uint32_t pair, uint32_t& first,
-                                                    uint32_t& second) {
+// Two E4M3 bytes (the low 16 bits of `pair`) as floats, exactly; NaN stays NaN.
+__device__ __forceinline__ void e4m3_pair_to_floats(uint32_t pair, float& first, float& second) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
   uint32_t halves;  // both bytes as fp16, exactly (E4M3 fits fp16), low byte in the low half
   asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(halves) : "h"(static_cast<unsigned short>(pair)));
   __half2 h;
   std::memcpy(&h, &halves, 4);
-  const float f0 = __low2float(h) * kE2m1ScaleBias;
-  const float f1 = __high2float(h) * kE2m1ScaleBias;
+  first = __low2float(h);
+  second = __high2float(h);
 #else
-  const float f0 = e4m3_to_float(pair & 0xFFu) * kE2m1ScaleBias;
-  const float f1 = e4m3_to_float((pair >> 8) & 0xFFu) * kE2m1ScaleBias;
+  first = e4m3_to_float(pair & 0xFFu);
+  second = e4m3_to_float((pair >> 8) & 0xFFu);
 #endif
+}
+
+// Scale bytes 0 and 1 of `pair` (E4M3) as bf16 pairs holding e4m3 * 2^119 in both halves, the
+// scale that bit decoding needs (see kE2m1ScaleBias); exact, NaN stays NaN.
+__device__ __forceinline__ void e4m3_pair_to_scales(uint32_t pair, uint32_t& first,
+                                                    uint32_t& second) {
+  float f0, f1;
+  e4m3_pair_to_floats(pair, f0, f1);
+  f0 *= kE2m1ScaleBias;
+  f1 *= kE2m1ScaleBias;
   const __nv_bfloat162 b0 = __floats2bfloat162_rn(f0, f0);
   const __nv_bfloat162 b1 = __floats2bfloat162_rn(f1, f1);
   std::memcpy(&first, &b0, 4);
@@ -1378,21 +1386,6 @@ __device__ __forceinline__ void mma_u8s8(int32_t (&c)[4], uint32_t a0, uint32_t 
       "{%8, %9}, {%0, %1, %2, %3};\n"
       : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// Two E4M3 bytes (the low 16 bits of `pair`) as floats, exactly; NaN stays NaN.
-__device__ __forceinline__ void e4m3_pair_to_floats(uint32_t pair, float& first, float& second) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  uint32_t halves;
-  asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(halves) : "h"(static_cast<unsigned short>(pair)));
-  __half2 h;
-  std::memcpy(&h, &halves, 4);
-  first = __low2float(h);
-  second = __high2float(h);
-#else
-  first = e4m3_to_float(pair & 0xFFu);
-  second = e4m3_to_float((pair >> 8) & 0xFFu);
-#endif
 }
 
 // x into the integer kernel's shared-memory layout (see its comment), one 16-element block a
