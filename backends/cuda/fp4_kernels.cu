@@ -1305,6 +1305,247 @@ void launch_row_split(const LinearParams& p, cudaStream_t stream) {
 }
 
 // ---------------------------------------------------------------------------------------
+// The k-split kernel: NVFP4 with bf16 activations, batch <= 16, k a multiple of 128. The
+// row-split kernel shares x slices among a block's warps, so all 8 wait at a barrier every
+// 4 steps, and one block of 128 rows leaves 8192-row layers with too few blocks. Here k is cut
+// into chunks of at most kKSplitMaxChunkSteps steps, and every block takes one chunk: it stages
+// that chunk of x (16 batch rows, permuted and swizzled as in the row-split kernel) once, and
+// its warps then walk tiles of 16 rows over the chunk with no barrier at all, codes and scales
+// loaded straight into registers kDepth steps ahead (the load sequence runs on across a warp's
+// tiles). Two row tiles a warp (x read once for 32 rows) need more than the 128 registers that
+// two blocks an SM allow, and spill. Each warp writes its float sums of a tile to a workspace,
+// [chunk][batch row][n]; a second kernel adds the chunks in order (the result does not depend on
+// timing), applies the tensor scale and the bias and writes y. Every weight byte is still read
+// once.
+constexpr int kKSplitWarps = 8;
+// 16 batch rows x 2048 k of bf16 x: 64 KiB of shared memory a block.
+constexpr int kKSplitMaxChunkSteps = 16;
+constexpr int kKSplitFinishThreads = 256;
+
+template <int kDepth>
+__global__ void __launch_bounds__(kKSplitWarps * 32, 2)
+    k_split_linear_kernel(LinearParams p, int chunk_steps, int chunks, float* partial) {
+  constexpr int kRows = 16;
+  extern __shared__ __align__(16) uint8_t smem[];
+  uint4* const x_chunk = reinterpret_cast<uint4*>(smem);  // [16 batch rows][chunk_words]
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  // Blocks chunk, chunk + chunks, ... share a chunk; their warps split its tiles.
+  const int chunk = blockIdx.x % chunks;
+  const int warps_in_chunk = gridDim.x / chunks * kKSplitWarps;
+  const int warp_in_chunk = blockIdx.x / chunks * kKSplitWarps + warp;
+  const int first_step = chunk * chunk_steps;
+  const int my_steps = min(chunk_steps, static_cast<int>(p.k / kStepK) - first_step);
+  const int64_t tiles = (p.n + kRows - 1) / kRows;
+  const int my_tiles = warp_in_chunk < tiles
+                           ? static_cast<int>((tiles - 1 - warp_in_chunk) / warps_in_chunk) + 1
+                           : 0;
+  const int64_t tile_stride = int64_t{warps_in_chunk} * kRows;  // rows from one tile to the next
+
+  // The load side: the warp's steps of each of its tiles, as one sequence.
+  const int64_t row_bytes = p.k / 2;
+  const int64_t scale_row_bytes = p.k / 16;
+  int issue_left = my_tiles * my_steps;
+  int issue_step = 0;
+  int64_t issue_row0 = int64_t{warp_in_chunk} * kRows;
+  const uint8_t* code_src[2];
+  const uint16_t* scale_src[2];
+  auto load = [&](DirectStage<1>& stage) {
+    if (issue_left <= 0) return;  // past the last step: the stage is never read
+    if (issue_step == 0) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {  // rows g and g + 8 of the tile
+        const int64_t wanted = issue_row0 + g + 8 * h;
+        const int64_t row = wanted < p.n ? wanted : p.n - 1;  // rows past n are never stored
+        code_src[h] = p.codes + row * row_bytes + first_step * (kStepK / 2) + 16 * t;
+        scale_src[h] = reinterpret_cast<const uint16_t*>(static_cast<const uint8_t*>(p.scales) +
+                                                         row * scale_row_bytes +
+                                                         first_step * (kStepK / 16) + 2 * t);
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      stage.codes[0][h] = load_streaming(code_src[h]);
+      stage.scales[0][h] = __ldg(scale_src[h]);
+      code_src[h] += kStepK / 2;
+      scale_src[h] += kStepK / 32;  // 8 bytes a step
+    }
+    --issue_left;
+    if (++issue_step == my_steps) {
+      issue_step = 0;
+      issue_row0 += tile_stride;
+    }
+  };
+  DirectStage<1> ring[kDepth];
+#pragma unroll
+  for (int s = 0; s < kDepth; ++s) load(ring[s]);
+  // While the first steps load: the block's chunk of x, zero past the batch and past k.
+  const int chunk_words = chunk_steps * (kStepK / 8);  // 16-byte words of one batch row
+  for (int i = threadIdx.x; i < 16 * chunk_words; i += blockDim.x) {
+    const int b = i / chunk_words;
+    const int w = i % chunk_words;
+    const int64_t k = int64_t{first_step} * kStepK + 8 * w;
+    const uint4 v = b < p.batch && k < p.k
+                        ? __ldg(reinterpret_cast<const uint4*>(
+                              static_cast<const __nv_bfloat16*>(p.x) + b * p.k + k))
+                        : make_uint4(0, 0, 0, 0);
+    x_chunk[b * chunk_words + (w ^ x_word_swizzle(b, w))] =
+        make_uint4(__byte_perm(v.y, v.w, 0x7632), __byte_perm(v.y, v.w, 0x5410),
+                   __byte_perm(v.x, v.z, 0x7632), __byte_perm(v.x, v.z, 0x5410));
+  }
+  __syncthreads();  // the only barrier: x stays put from here on
+
+  float* const chunk_partial = partial + int64_t{chunk} * p.batch * p.n;
+  for (int tile = 0; tile < my_tiles; ++tile) {
+    const int64_t row0 = (warp_in_chunk + int64_t{tile} * warps_in_chunk) * kRows;
+    float acc[2][4] = {};  // batch tiles 0..7 and 8..15
+    for (int j = 0; j < my_steps; ++j) {
+      const DirectStage<1> stage = ring[0];
+#pragma unroll
+      for (int s = 0; s + 1 < kDepth; ++s) ring[s] = ring[s + 1];
+      load(ring[kDepth - 1]);
+      uint32_t xp[2][16];  // batch rows g and g + 8: the lane's 32 k of this step
+#pragma unroll
+      for (int bt = 0; bt < 2; ++bt) {
+        const int w = 16 * j + 4 * t;
+        const uint4* x_src = x_chunk + (g + 8 * bt) * chunk_words + w;
+        const int swizzle = x_word_swizzle(g + 8 * bt, w);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const uint4 v = x_src[q ^ swizzle];
+          xp[bt][4 * q] = v.x;
+          xp[bt][4 * q + 1] = v.y;
+          xp[bt][4 * q + 2] = v.z;
+          xp[bt][4 * q + 3] = v.w;
+        }
+      }
+      uint32_t scale[2][2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        e4m3_pair_to_scales(stage.scales[0][h], scale[h][0], scale[h][1]);
+      }
+      mma_row_tile_e2m1<2>(acc, stage.codes[0][0], stage.codes[0][1], scale, xp);
+    }
+    // Lane (g, t) holds rows g, g + 8 x batch rows 8 bt + 2t, 8 bt + 2t + 1.
+#pragma unroll
+    for (int bt = 0; bt < 2; ++bt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int64_t n = row0 + g + 8 * (i / 2);
+        const int b = 8 * bt + 2 * t + (i % 2);
+        if (b < p.batch && n < p.n) chunk_partial[b * p.n + n] = acc[bt][i];
+      }
+    }
+  }
+}
+
+// y = (the chunks' sums added in chunk order) x tensor scale (+ bias), one thread an output.
+__global__ void __launch_bounds__(kKSplitFinishThreads)
+    k_split_finish_kernel(LinearParams p, int chunks, const float* partial) {
+  const int64_t outputs = int64_t{p.batch} * p.n;
+  const int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;  // b * n + row
+  if (i >= outputs) return;
+  float sum = 0.0f;
+  for (int c = 0; c < chunks; ++c) sum += partial[c * outputs + i];
+  sum *= p.tensor_scale * kE2m1OutputBias;
+  if (p.bias != nullptr) {
+    sum += Half<__nv_bfloat16>::to_float(static_cast<const uint16_t*>(p.bias)[i % p.n]);
+  }
+  static_cast<uint16_t*>(p.y)[i] = static_cast<uint16_t>(Half<__nv_bfloat16>::bits(sum));
+}
+
+// Whether the k-split kernel can take this call (see its comment).
+bool k_split_applies(const LinearParams& p, Activation type) {
+  return p.format == Format::kNvfp4 && type == Activation::kBf16 && p.k % kStepK == 0 &&
+         reinterpret_cast<uintptr_t>(p.codes) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(p.scales) % 2 == 0;
+}
+
+constexpr const char* kKSplitVariants = "built: pipeline_stages 2 or 3, row_tiles 1, 8 warps";
+
+// The stream-ordered pool the workspace comes from keeps up to this much once freed, so that
+// a call does not map and unmap memory every time (the default threshold is 0: everything
+// back to the driver at each synchronization).
+constexpr uint64_t kWorkspacePoolKeepBytes = uint64_t{256} << 20;
+
+absl::Status keep_workspace_pool(int device) {
+  static std::mutex mutex;
+  static auto* kept = new std::map<int, bool>();
+  std::lock_guard<std::mutex> lock(mutex);
+  if ((*kept)[device]) return absl::OkStatus();
+  cudaMemPool_t pool = nullptr;
+  VB_RETURN_IF_ERROR(
+      cuda_status(cudaDeviceGetDefaultMemPool(&pool, device), "cudaDeviceGetDefaultMemPool"));
+  uint64_t threshold = 0;
+  VB_RETURN_IF_ERROR(
+      cuda_status(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold),
+                  "cudaMemPoolGetAttribute"));
+  if (threshold < kWorkspacePoolKeepBytes) {  // never lowered: another user may want more
+    threshold = kWorkspacePoolKeepBytes;
+    VB_RETURN_IF_ERROR(
+        cuda_status(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold),
+                    "cudaMemPoolSetAttribute"));
+  }
+  (*kept)[device] = true;
+  return absl::OkStatus();
+}
+
+absl::Status launch_k_split(const LinearParams& p, int depth, int max_blocks, cudaStream_t stream) {
+  void (*kernel)(LinearParams, int, int, float*) = nullptr;
+  if (depth == 2) kernel = k_split_linear_kernel<2>;
+  if (depth == 3) kernel = k_split_linear_kernel<3>;
+  if (kernel == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "fp4_linear: no k-split kernel for pipeline_stages = ", depth, " (", kKSplitVariants, ")"));
+  }
+  const int steps = static_cast<int>(p.k / kStepK);
+  // Chunks as even as the steps allow, none of them empty.
+  const int fewest_chunks = (steps + kKSplitMaxChunkSteps - 1) / kKSplitMaxChunkSteps;
+  const int chunk_steps = (steps + fewest_chunks - 1) / fewest_chunks;
+  const int chunks = (steps + chunk_steps - 1) / chunk_steps;
+  const size_t smem = size_t{16} * chunk_steps * kStepK * 2;
+  VB_ASSIGN_OR_RETURN(const LaunchFacts facts,
+                      launch_facts(reinterpret_cast<const void*>(kernel), kKSplitWarps * 32, smem));
+  if (facts.blocks_per_sm == 0) {
+    return absl::InternalError(absl::StrCat("fp4_linear: the k-split kernel needs ", smem,
+                                            " bytes of shared memory a block; the GPU allows ",
+                                            facts.smem_limit));
+  }
+  // As many blocks as fit the GPU at once, the same number for every chunk, at least one each,
+  // and no more than a chunk's tiles can keep busy.
+  const int64_t tiles = (p.n + 15) / 16;
+  int64_t per_chunk = std::max<int64_t>(1, int64_t{facts.sms} * facts.blocks_per_sm / chunks);
+  per_chunk = std::min<int64_t>(per_chunk, (tiles + kKSplitWarps - 1) / kKSplitWarps);
+  if (max_blocks > 0) per_chunk = std::min<int64_t>(per_chunk, std::max(1, max_blocks / chunks));
+  const int64_t grid = per_chunk * chunks;
+  if (grid > 0x7FFFFFFF) {
+    return absl::InvalidArgumentError(absl::StrCat("fp4_linear: k = ", p.k, " is too large"));
+  }
+  int device = 0;
+  VB_RETURN_IF_ERROR(cuda_status(cudaGetDevice(&device), "cudaGetDevice"));
+  VB_RETURN_IF_ERROR(keep_workspace_pool(device));
+  const int64_t outputs = int64_t{p.batch} * p.n;
+  float* partial = nullptr;
+  const size_t workspace_bytes = sizeof(float) * chunks * outputs;
+  if (const cudaError_t e =
+          cudaMallocAsync(reinterpret_cast<void**>(&partial), workspace_bytes, stream);
+      e != cudaSuccess) {
+    cudaGetLastError();  // clear it: the call is refused, the context is fine
+    return absl::ResourceExhaustedError(
+        absl::StrCat("fp4_linear: the k-split kernel's workspace of ", workspace_bytes,
+                     " bytes: ", cudaGetErrorString(e)));
+  }
+  kernel<<<static_cast<int>(grid), kKSplitWarps * 32, smem, stream>>>(p, chunk_steps, chunks,
+                                                                      partial);
+  k_split_finish_kernel<<<static_cast<int>((outputs + kKSplitFinishThreads - 1) /
+                                           kKSplitFinishThreads),
+                          kKSplitFinishThreads, 0, stream>>>(p, chunks, partial);
+  return cuda_status(cudaFreeAsync(partial, stream), "cudaFreeAsync");
+}
+
+// ---------------------------------------------------------------------------------------
 // The integer kernel: NVFP4 weights, bf16 or fp16 activations, batch <= kIntegerMaxBatch, k a
 // multiple of 128. Nsight Compute on the direct kernel (H200, 28672 x 8192, batch 1) shows it
 // bound by instruction issue, not memory: ~512 instructions a warp-step, most of them turning
@@ -1827,6 +2068,31 @@ absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t b
     return absl::InvalidArgumentError(absl::StrCat(kWhat, ": integer = ", options.integer,
                                                    ": expected -1 (chosen), 0 (never) or 1"));
   }
+  if (options.k_split < -1 || options.k_split > 1) {
+    return absl::InvalidArgumentError(absl::StrCat(kWhat, ": k_split = ", options.k_split,
+                                                   ": expected -1 (chosen), 0 (never) or 1"));
+  }
+  const bool k_split_fits = k_split_applies(p, type);
+  if (options.k_split == 1) {
+    if (!k_split_fits) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kWhat, ": k_split = 1 needs NVFP4 weights, bf16 activations, k a multiple of ", kStepK,
+          " and 16-byte aligned codes; got ", backends::fp4::format_name(weight.format),
+          type == Activation::kBf16 ? " bf16" : " fp16", ", k = ", weight.k));
+    }
+    if (options.direct > 0 || options.row_split == 1 || options.integer == 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kWhat, ": k_split = 1 with direct = ", options.direct, ", row_split = ",
+          options.row_split, " and integer = ", options.integer, ": choose one kernel"));
+    }
+    if ((asked_warps != 0 && asked_warps != kKSplitWarps) ||
+        (options.row_tiles != 0 && options.row_tiles != 1)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kWhat, ": k_split = 1 runs ", kKSplitWarps,
+                       " warps and row_tiles 1; got warps_per_block = ", asked_warps,
+                       ", row_tiles = ", options.row_tiles));
+    }
+  }
   const bool integer_fits = integer_applies(p);
   if (options.integer == 1) {
     if (!integer_fits) {
@@ -1869,6 +2135,14 @@ absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t b
     const int depth = options.pipeline_stages > 0 ? options.pipeline_stages : 2;
     VB_RETURN_IF_ERROR(
         launch_direct(p, direct_segments, row_tiles, depth, options.max_blocks, stream));
+    return launch_status(kWhat);
+  }
+  if (options.k_split == 1 ||
+      (options.k_split == -1 && k_split_fits && batch > 8 && weight.n >= kLargeLayerRows &&
+       options.row_split != 1 && options.row_tiles == 0 && options.pipeline_stages == -1 &&
+       options.bit_decode && asked_warps == 0)) {
+    const int depth = options.pipeline_stages == -1 ? 2 : options.pipeline_stages;
+    VB_RETURN_IF_ERROR(launch_k_split(p, depth, options.max_blocks, stream));
     return launch_status(kWhat);
   }
   const bool row_split_fits = row_split_applies(p, type);

@@ -98,8 +98,8 @@ struct LinearOptions {
   int direct = -1;
   // The row-split kernel (NVFP4, bf16 activations, batch 9..16, k a multiple of 128): each warp
   // owns 16 rows over the whole of k and the block's warps share x in shared memory. 1: use it
-  // (INVALID_ARGUMENT where it cannot run); 0: never; -1: chosen where it applies and the other
-  // fields leave the choice open.
+  // (INVALID_ARGUMENT where it cannot run); 0: never; -1: chosen where it applies, the k-split
+  // kernel is not (k_split = 0) and the other fields leave the choice open.
   int row_split = -1;
   // The integer kernel (NVFP4, bf16 or fp16 activations, batch <= 4, k a multiple of 128, at
   // most 96 KiB of x as staged: batch * k * 3 bytes): codes as 8-bit integer MMA operands, x as
@@ -108,6 +108,14 @@ struct LinearOptions {
   // for one batch row; pipeline_stages -1 or 2); 0: never; -1: chosen for one fp16 batch row on
   // layers of 16384 rows or more, where the other fields leave the choice open.
   int integer = -1;
+  // The k-split kernel (NVFP4, bf16 activations, batch <= 16, k a multiple of 128): k is cut
+  // into chunks of at most 2048, each block keeps one chunk of x in shared memory and its warps
+  // walk 16-row tiles over it without a barrier; float partial sums go to a stream-ordered
+  // workspace (cudaMallocAsync, 4 * chunks * batch * n bytes) that a second kernel adds up in
+  // chunk order. 1: use it (INVALID_ARGUMENT where it cannot run; 8 warps, row_tiles 1,
+  // pipeline_stages -1, 2 or 3); 0: never; -1: chosen for 9..16 batch rows on layers of 16384
+  // rows or more, where the other fields leave the choice open.
+  int k_split = -1;
 };
 
 // y[b, j] = sum_k x[b, k] * W[j, k] (+ bias[j]) for b < batch, j < n. x: [batch, k] (16-byte

@@ -181,6 +181,7 @@ struct LinearCase {
   int direct = -1;     // LinearOptions::direct
   int row_split = -1;  // LinearOptions::row_split
   int integer = -1;    // LinearOptions::integer
+  int k_split = -1;    // LinearOptions::k_split
 };
 
 void check_linear(const LinearCase& c, unsigned seed) {
@@ -191,7 +192,8 @@ void check_linear(const LinearCase& c, unsigned seed) {
       " stages=" + std::to_string(c.stages) + " row_tiles=" + std::to_string(c.row_tiles) +
       " max_blocks=" + std::to_string(c.max_blocks) + (c.bits ? "" : " table") +
       " direct=" + std::to_string(c.direct) + " row_split=" + std::to_string(c.row_split) +
-      " integer=" + std::to_string(c.integer) + (c.bias ? " +bias" : "");
+      " integer=" + std::to_string(c.integer) + " k_split=" + std::to_string(c.k_split) +
+      (c.bias ? " +bias" : "");
   const std::vector<float> wf = gaussian(c.n * c.k, seed, 0.02f);
   auto q = cpu::quantize(wf.data(), c.n, c.k, c.format);
   ASSERT_TRUE(q.ok()) << q.status();
@@ -219,6 +221,7 @@ void check_linear(const LinearCase& c, unsigned seed) {
     options.direct = c.direct;
     options.row_split = c.row_split;
     options.integer = c.integer;
+    options.k_split = c.k_split;
     const absl::Status status =
         fp4_linear((*device)->view(), dx.get(), c.batch, c.type, c.bias ? dbias.get() : nullptr,
                    dy.get(), nullptr, options);
@@ -354,8 +357,24 @@ TEST(Fp4GpuTest, FusedLinearMatchesFloat64) {
     check_linear({Format::kNvfp4, 9000, 256, 4, type, true, 0, -1, 0, 5, true, 0, 0, 1}, seed++);
     check_linear({Format::kNvfp4, 100, 8192, 4, type, true, 0, -1, 1, 0, true, 0, 0, 1}, seed++);
   }
+  // The k-split kernel (NVFP4, bf16, batch <= 16), both depths: one chunk (1792 = 14 steps), an
+  // even split (8192 = 4 chunks of 16 steps) and an uneven one (4224 = 33 steps: 3 chunks of
+  // 11), rows past n (200, 37 and 9000 are not multiples of 16), batches that leave MMA columns
+  // idle, and few blocks (max_blocks), so that each warp walks many tiles.
+  for (int depth : {2, 3}) {
+    auto k_split_case = [&](int64_t n, int64_t k, int64_t batch, bool bias, int max_blocks) {
+      check_linear({Format::kNvfp4, n, k, batch, Activation::kBf16, bias, 0, depth, 0, max_blocks,
+                    true, 0, 0, 0, 1},
+                   seed++);
+    };
+    for (int64_t batch : {1, 9, 16}) k_split_case(200, 1792, batch, batch != 9, 0);
+    k_split_case(200, 8192, 12, true, 0);
+    k_split_case(37, 4224, 16, true, 3);
+    k_split_case(9000, 512, 11, false, 0);
+    k_split_case(9000, 4224, 5, true, 7);
+  }
   // The defaults from 16384 rows: the integer kernel for one fp16 batch row, the direct kernel
-  // with two segments up to 4 bf16 batch rows, the row-split kernel from 9 (each measured faster
+  // with two segments up to 4 bf16 batch rows, the k-split kernel from 9 (each measured faster
   // there only).
   check_linear({Format::kNvfp4, 16384, 256, 3, Activation::kBf16, true, 0}, seed++);
   check_linear({Format::kNvfp4, 16384, 256, 1, Activation::kFp16, true, 0}, seed++);
@@ -471,6 +490,7 @@ TEST(Fp4GpuTest, FusedLinearReadsEveryCodeAndScaleExactly) {
     int rows_per_call;  // one-hot batch rows (the direct kernel takes at most 8)
     int row_split = 0;
     int integer = 0;
+    int k_split = 0;
   };
   for (Activation type : {Activation::kBf16, Activation::kFp16}) {
     std::vector<Path> paths = {Path{"register kernel", 0, false, 0, 16},
@@ -482,6 +502,7 @@ TEST(Fp4GpuTest, FusedLinearReadsEveryCodeAndScaleExactly) {
       paths.push_back(Path{"direct, one segment", -1, true, 1, 8});
       paths.push_back(Path{"direct, two segments", -1, true, 2, 4});
       paths.push_back(Path{"row split", -1, true, 0, 16, 1});
+      paths.push_back(Path{"k split", -1, true, 0, 16, 0, 0, 1});
     }
     for (const Path& path : paths) {
       LinearOptions options;
@@ -490,6 +511,7 @@ TEST(Fp4GpuTest, FusedLinearReadsEveryCodeAndScaleExactly) {
       options.direct = path.direct;
       options.row_split = path.row_split;
       options.integer = path.integer;
+      options.k_split = path.k_split;
       if (path.integer == 1) options.row_tiles = path.rows_per_call == 1 ? 2 : 1;
       const int rows = path.rows_per_call;
       int64_t mismatches = 0;
@@ -659,6 +681,35 @@ TEST(Fp4GpuTest, FusedLinearRefusesBadArguments) {
   const absl::Status int_bad =
       direct_call(**device128, x128.get(), 1, Activation::kBf16, y128.get(), integer);
   EXPECT_NE(int_bad.message().find("integer = 2"), absl::string_view::npos) << int_bad;
+  // The k-split kernel where it cannot run (NF4; fp16), with another kernel asked for too, an
+  // unbuilt depth or row tile, and a bad value of the option.
+  LinearOptions k_split;
+  k_split.k_split = 1;
+  const absl::Status ks_nf4 =
+      direct_call(**device, x.get(), 16, Activation::kBf16, y.get(), k_split);
+  EXPECT_NE(ks_nf4.message().find("got nf4 bf16"), absl::string_view::npos) << ks_nf4;
+  const absl::Status ks_fp16 =
+      direct_call(**device128, x16.get(), 16, Activation::kFp16, y16.get(), k_split);
+  EXPECT_NE(ks_fp16.message().find("got nvfp4 fp16"), absl::string_view::npos) << ks_fp16;
+  k_split.row_split = 1;
+  const absl::Status ks_both =
+      direct_call(**device128, x16.get(), 16, Activation::kBf16, y16.get(), k_split);
+  EXPECT_NE(ks_both.message().find("choose one"), absl::string_view::npos) << ks_both;
+  k_split.row_split = -1;
+  k_split.pipeline_stages = 4;
+  const absl::Status ks_deep =
+      direct_call(**device128, x16.get(), 16, Activation::kBf16, y16.get(), k_split);
+  EXPECT_NE(ks_deep.message().find("pipeline_stages = 4"), absl::string_view::npos) << ks_deep;
+  k_split.pipeline_stages = -1;
+  k_split.row_tiles = 2;
+  const absl::Status ks_tiles =
+      direct_call(**device128, x16.get(), 16, Activation::kBf16, y16.get(), k_split);
+  EXPECT_NE(ks_tiles.message().find("row_tiles = 2"), absl::string_view::npos) << ks_tiles;
+  k_split.row_tiles = 0;
+  k_split.k_split = 2;
+  const absl::Status ks_bad =
+      direct_call(**device128, x16.get(), 16, Activation::kBf16, y16.get(), k_split);
+  EXPECT_NE(ks_bad.message().find("k_split = 2"), absl::string_view::npos) << ks_bad;
 }
 
 }  // namespace
