@@ -5,8 +5,8 @@
 // the weight bytes streamed per second, and that rate as a fraction of a device-to-device
 // cudaMemcpy (read + write bytes) measured first. Each timed configuration is checked first.
 //
-//   build-gpu/bench/fp4_bench [--quick | --variants | --shapes | --one STAGES ROW_TILES WARPS
-//   BATCH]
+//   build-gpu/bench/fp4_bench [--quick | --variants [BATCH,...] | --shapes | --one STAGES
+//   ROW_TILES WARPS BATCH]
 //   (--one: STAGES 'direct1' or 'direct2' for the direct kernel, 'split' for the row-split one,
 //   'integer' for the integer kernel, 'ksplit2' or 'ksplit3' for the k-split kernel loading 2 or
 //   3 steps ahead)
@@ -22,6 +22,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 #include "backends/cuda/copy_engine.h"
 #include "backends/cuda/fp4_kernels.h"
 #include "bench/read_probe.h"
@@ -136,7 +138,8 @@ SweepWeights make_sweep_weights(int64_t n, int64_t k, int64_t rotate_bytes, at::
 
 // NVFP4 through each kernel variant (register kernel; staged with row tiles, stages, warps)
 // at batches 1 to 16, against bf16 at the same batch: the measurements behind the defaults.
-void sweep_variants(double copy_gbps, int64_t rotate_bytes, int reps) {
+void sweep_variants(double copy_gbps, int64_t rotate_bytes, int reps,
+                    const std::vector<int64_t>& batches) {
   struct Variant {
     int stages, row_tiles, warps;
     bool bits;
@@ -176,7 +179,7 @@ void sweep_variants(double copy_gbps, int64_t rotate_bytes, int reps) {
     const int64_t packed_bytes = w.packed_bytes;
     const auto& w4 = w.w4;
     const int copies = static_cast<int>(w4.size());
-    for (int64_t batch : {1, 2, 4, 8, 16}) {
+    for (int64_t batch : batches) {
       const at::Tensor x = torch::randn({batch, k}, bf16);
       at::Tensor y = torch::empty({batch, n}, bf16);
       const at::Tensor ref = at::linear(x.to(at::kFloat), w.dequantized.to(at::kFloat));
@@ -363,10 +366,11 @@ int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "";
   const bool quick = mode == "--quick";
   if (!(argc == 1 || (argc == 2 && (quick || mode == "--variants" || mode == "--shapes")) ||
-        (argc == 6 && mode == "--one"))) {
+        (argc == 3 && mode == "--variants") || (argc == 6 && mode == "--one"))) {
     std::fprintf(
         stderr,
-        "usage: fp4_bench [--quick | --variants | --shapes | --one STAGES ROW_TILES WARPS BATCH]\n"
+        "usage: fp4_bench [--quick | --variants [BATCH,...] | --shapes | --one STAGES ROW_TILES "
+        "WARPS BATCH]\n"
         "  (--one: STAGES 'direct1' or 'direct2' for the direct kernel, 'split' for the "
         "row-split kernel, 'integer' for the integer kernel, 'ksplit2' or 'ksplit3' for the "
         "k-split kernel)\n");
@@ -419,8 +423,22 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (mode == "--variants") {
-    sweep_variants(copy_gbps, rotate_bytes, reps);
-    sweep_fp16(copy_gbps, rotate_bytes, reps);
+    // --variants B1,B2,...: those batches only (each 1..16), and no fp16 sweep.
+    std::vector<int64_t> batches = {1, 2, 4, 8, 16};
+    if (argc == 3) {
+      batches.clear();
+      for (const absl::string_view b : absl::StrSplit(argv[2], ',')) {
+        int64_t batch = 0;
+        if (!absl::SimpleAtoi(b, &batch) || batch < 1 || batch > fp4::kFusedMaxBatch) {
+          std::fprintf(stderr, "fp4_bench --variants: batch '%s': expected 1..%ld\n",
+                       std::string(b).c_str(), static_cast<long>(fp4::kFusedMaxBatch));
+          return 2;
+        }
+        batches.push_back(batch);
+      }
+    }
+    sweep_variants(copy_gbps, rotate_bytes, reps, batches);
+    if (argc == 2) sweep_fp16(copy_gbps, rotate_bytes, reps);
     return 0;
   }
   if (mode == "--shapes") {
