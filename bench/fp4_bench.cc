@@ -7,9 +7,8 @@
 //
 //   build-gpu/bench/fp4_bench [--quick | --variants [BATCH,...] | --shapes | --one STAGES
 //   ROW_TILES WARPS BATCH]
-//   (--one: STAGES 'direct1' or 'direct2' for the direct kernel, 'split' for the row-split one,
-//   'integer' for the integer kernel, 'ksplit2' or 'ksplit3' for the k-split kernel loading 2 or
-//   3 steps ahead)
+//   (--one: STAGES 'direct1' or 'direct2' for the direct kernel, 'integer' for the integer kernel,
+//   'ksplit2' or 'ksplit3' for the k-split kernel loading 2 or 3 steps ahead)
 #include <cuda_runtime_api.h>
 #include <torch/torch.h>
 
@@ -144,34 +143,35 @@ void sweep_variants(double copy_gbps, int64_t rotate_bytes, int reps,
     int stages, row_tiles, warps;
     bool bits;
     int direct = 0;
-    int row_split = 0;
     int integer = 0;
     int k_split = 0;
+    int chunk = 0;  // k_split_chunk
   };
-  const std::vector<Variant> small = {{0, 0, 8, false},          {2, 2, 8, false},
-                                      {2, 2, 8, true},           {4, 2, 8, true},
-                                      {2, 2, 16, true},          {2, 1, 16, true},
-                                      {3, 1, 16, true},          {-1, 1, 8, true, 1},
-                                      {-1, 2, 8, true, 1},       {-1, 1, 8, true, 2},
-                                      {-1, 2, 8, true, 2},       {-1, 1, 8, true, 0, 0, 1},
-                                      {-1, 2, 8, true, 0, 0, 1}, {-1, 0, 0, true, -1, -1, -1, -1}};
+  const std::vector<Variant> small = {
+      {0, 0, 8, false},       {2, 2, 8, false},         {2, 2, 8, true},
+      {4, 2, 8, true},        {2, 2, 16, true},         {2, 1, 16, true},
+      {3, 1, 16, true},       {-1, 1, 8, true, 1},      {-1, 2, 8, true, 1},
+      {-1, 1, 8, true, 2},    {-1, 2, 8, true, 2},      {-1, 1, 8, true, 0, 1},
+      {-1, 2, 8, true, 0, 1}, {2, 0, 0, true, 0, 0, 1}, {-1, 0, 0, true, -1, -1, -1}};
   const std::vector<Variant> large = {{0, 0, 8, false},
                                       {2, 2, 4, false},
                                       {2, 2, 4, true},
                                       {2, 2, 8, true},
                                       {3, 2, 4, true},
                                       {2, 4, 8, true},
-                                      {-1, 0, 0, true, 0, 1},
-                                      {2, 0, 0, true, 0, 0, 0, 1},
-                                      {3, 0, 0, true, 0, 0, 0, 1},
-                                      {-1, 0, 0, true, -1, -1, -1, -1}};
+                                      {2, 0, 0, true, 0, 0, 1, 512},
+                                      {2, 0, 0, true, 0, 0, 1, 1024},
+                                      {2, 0, 0, true, 0, 0, 1, 2048},
+                                      {3, 0, 0, true, 0, 0, 1},
+                                      {-1, 0, 0, true, -1, -1, -1}};
   const auto bf16 = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
   std::printf(
       "\nnvfp4 kernel variants (stages 0: register kernel; bits: E2M1 decoded with bit "
-      "operations; direct: the direct kernel's k segments an MMA; split: the row-split kernel; "
-      "int: the integer kernel; ksp: the k-split kernel; -1: chosen)\n%-12s %5s %7s %9s %6s %5s "
+      "operations; direct: the direct kernel's k segments an MMA; int: the integer kernel; ksp: "
+      "the k-split kernel, chunk: its k a chunk (0: chosen); -1: chosen)\n%-12s %5s %7s %9s %6s "
+      "%5s "
       "%6s %5s %4s %4s  %9s %9s %8s %11s %8s\n",
-      "N x K", "batch", "stages", "row_tiles", "warps", "bits", "direct", "split", "int", "ksp",
+      "N x K", "batch", "stages", "row_tiles", "warps", "bits", "direct", "chunk", "int", "ksp",
       "fp4 us", "bf16 us", "speedup", "weight GB/s", "of copy");
   for (auto [n, k] : {std::pair<int64_t, int64_t>{28672, 8192}, {8192, 8192}}) {
     const std::string shape = std::to_string(n) + "x" + std::to_string(k);
@@ -192,9 +192,9 @@ void sweep_variants(double copy_gbps, int64_t rotate_bytes, int reps,
         options.warps_per_block = v.warps;
         options.bit_decode = v.bits;
         options.direct = v.direct;
-        options.row_split = v.row_split;
         options.integer = v.integer;
         options.k_split = v.k_split;
+        options.k_split_chunk = v.chunk;
         auto launch = [&](int i) {
           return fp4::fp4_linear(w4[i % copies].view, x.data_ptr(), batch, fp4::Activation::kBf16,
                                  nullptr, y.data_ptr(), nullptr, options);
@@ -204,16 +204,16 @@ void sweep_variants(double copy_gbps, int64_t rotate_bytes, int reps,
         if (!status.ok()) {
           std::printf("%-12s %5ld %7d %9d %6d %5d %6d %5d %4d %4d  not run: %s\n", shape.c_str(),
                       static_cast<long>(batch), v.stages, v.row_tiles, v.warps, v.bits, v.direct,
-                      v.row_split, v.integer, v.k_split, std::string(status.message()).c_str());
+                      v.chunk, v.integer, v.k_split, std::string(status.message()).c_str());
           continue;
         }
         const double err = relative_error(y, ref);
         if (!(err < 1e-2)) {
           std::printf(
               "CHECK FAILED %s batch %ld stages %d row_tiles %d warps %d bits %d direct %d "
-              "split %d int %d ksp %d: %.3e\n",
+              "chunk %d int %d ksp %d: %.3e\n",
               shape.c_str(), static_cast<long>(batch), v.stages, v.row_tiles, v.warps, v.bits,
-              v.direct, v.row_split, v.integer, v.k_split, err);
+              v.direct, v.chunk, v.integer, v.k_split, err);
           continue;
         }
         const double ms = median_ms(reps, [&](int i) { check(launch(i), "fp4_linear"); });
@@ -221,8 +221,8 @@ void sweep_variants(double copy_gbps, int64_t rotate_bytes, int reps,
         std::printf(
             "%-12s %5ld %7d %9d %6d %5d %6d %5d %4d %4d  %9.1f %9.1f %7.2fx %11.0f %7.0f%%\n",
             shape.c_str(), static_cast<long>(batch), v.stages, v.row_tiles, v.warps, v.bits,
-            v.direct, v.row_split, v.integer, v.k_split, ms * 1e3, bf16_ms * 1e3, bf16_ms / ms,
-            gbps, 100.0 * gbps / copy_gbps);
+            v.direct, v.chunk, v.integer, v.k_split, ms * 1e3, bf16_ms * 1e3, bf16_ms / ms, gbps,
+            100.0 * gbps / copy_gbps);
       }
     }
   }
@@ -259,7 +259,6 @@ void sweep_fp16(double copy_gbps, int64_t rotate_bytes, int reps) {
         options.row_tiles = v.row_tiles;
         options.integer = v.integer;
         options.direct = 0;
-        options.row_split = 0;
         options.bit_decode = false;
         auto launch = [&](int i) {
           return fp4::fp4_linear(w4[i % copies].view, x.data_ptr(), batch, fp4::Activation::kFp16,
@@ -371,9 +370,8 @@ int main(int argc, char** argv) {
         stderr,
         "usage: fp4_bench [--quick | --variants [BATCH,...] | --shapes | --one STAGES ROW_TILES "
         "WARPS BATCH]\n"
-        "  (--one: STAGES 'direct1' or 'direct2' for the direct kernel, 'split' for the "
-        "row-split kernel, 'integer' for the integer kernel, 'ksplit2' or 'ksplit3' for the "
-        "k-split kernel)\n");
+        "  (--one: STAGES 'direct1' or 'direct2' for the direct kernel, 'integer' for the "
+        "integer kernel, 'ksplit2' or 'ksplit3' for the k-split kernel)\n");
     return 2;
   }
   if (vb::backends::cuda::visible_devices() == 0) {
@@ -395,9 +393,6 @@ int main(int argc, char** argv) {
     fp4::LinearOptions options;
     if (std::strncmp(argv[2], "direct", 6) == 0) {  // direct1, direct2: its k segments
       options.direct = std::atoi(argv[2] + 6);
-    } else if (std::strcmp(argv[2], "split") == 0) {  // the row-split kernel (batch 9..16)
-      options.direct = 0;
-      options.row_split = 1;
     } else if (std::strcmp(argv[2], "integer") == 0) {  // the integer kernel (batch <= 4)
       options.integer = 1;
     } else if (std::strncmp(argv[2], "ksplit", 6) == 0) {  // ksplit2, ksplit3: its depth

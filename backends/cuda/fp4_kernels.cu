@@ -894,10 +894,9 @@ constexpr int kDirectWarps = 8;
 constexpr int64_t kDirectMaxXBytes = 64 * 1024;
 // The direct kernel is the default (two segments, two row tiles) up to this batch.
 constexpr int64_t kDirectDefaultMaxBatch = 4;
-// The direct and the row-split kernels are defaults only on layers of at least this many rows:
-// below, their grids have too few row groups to keep the GPU busy (the row-split kernel) or to
-// balance (the direct kernel's persistent grid), and the staged kernel measured as fast or
-// faster at 8192 rows (docs/fp4.md).
+// The direct and the integer kernels are defaults only on layers of at least this many rows:
+// below, their persistent grids have too few row groups to balance, and the staged kernel
+// measured as fast or faster at 8192 rows (docs/fp4.md).
 constexpr int64_t kLargeLayerRows = 16384;
 
 // Two E4M3 bytes (the low 16 bits of `pair`) as floats, exactly; NaN stays NaN.
@@ -938,7 +937,7 @@ __device__ __forceinline__ uint4 load_streaming(const uint8_t* src) {
   return v;
 }
 
-// The row-split kernel reads x from shared memory in 16-byte words: word w of x row `row` (w
+// The k-split kernel reads x from shared memory in 16-byte words: word w of x row `row` (w
 // counted from the row's start) is stored at w ^ x_word_swizzle(row, w), which moves it within
 // its aligned group of four. The 8 lanes of a quarter warp that read together (MMA groups 2i
 // and 2i + 1, lanes t = 0..3, one q) would otherwise fall in 2 groups of banks, 4-way
@@ -1149,177 +1148,28 @@ absl::Status launch_direct(const LinearParams& p, int segments, int row_tiles, i
 }
 
 // ---------------------------------------------------------------------------------------
-// The row-split kernel: NVFP4 with bf16 activations, batch 9..16, k a multiple of 128. The
-// staged kernel's warps split k, so each copies its own x: 4 KB of x (16 batch rows x 128 k)
-// per 2 KB of codes and scales, twice the weight's bytes again through L2 and shared memory.
-// Here the 8 warps of a block own 16 rows each (128 rows a block) over the whole of k, and
-// share x: the block stages it in slices of kRowSplitSlice k (16 batch rows, permuted for
-// e2m1_word_bits) in two shared-memory buffers, loading the next slice into registers while
-// it computes the current one. Codes and scales go straight into registers kRowSplitDepth
-// steps ahead, as in the direct kernel. Each warp has the whole sum of its rows, so it writes
-// y itself: no split-K reduction.
-
-constexpr int kRowSplitWarps = 8;
-constexpr int kRowSplitDepth = 3;
-constexpr int kRowSplitSlice = 512;                           // k of one x slice
-constexpr int kRowSplitSliceWords = 16 * kRowSplitSlice / 8;  // uint4 words of one slice
-
-__global__ void __launch_bounds__(kRowSplitWarps * 32, 2) row_split_linear_kernel(LinearParams p) {
-  constexpr int kRows = 16 * kRowSplitWarps;
-  constexpr int kStepsPerSlice = kRowSplitSlice / kStepK;
-  constexpr int kFillWords = kRowSplitSliceWords / (kRowSplitWarps * 32);  // per thread
-  __shared__ uint4 x_slices[2][kRowSplitSliceWords];  // [buffer][batch row][k / 8]
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  const int g = lane >> 2;
-  const int t = lane & 3;
-  const int64_t row0 = int64_t{blockIdx.x} * kRows + 16 * warp;  // the warp's 16 rows
-  const int steps = static_cast<int>(p.k / kStepK);
-  const int slices = (steps + kStepsPerSlice - 1) / kStepsPerSlice;
-
-  // x slice `slice` into registers: this thread's kFillWords words of it, zero past the batch
-  // or past k, and then permuted into buffer `buffer`.
-  uint4 fill[kFillWords];
-  auto load_slice = [&](int slice) {
-#pragma unroll
-    for (int i = 0; i < kFillWords; ++i) {
-      const int word = threadIdx.x + i * kRowSplitWarps * 32;
-      const int b = word / (kRowSplitSlice / 8);
-      const int64_t k = int64_t{slice} * kRowSplitSlice + 8 * (word % (kRowSplitSlice / 8));
-      fill[i] = b < p.batch && k < p.k ? __ldg(reinterpret_cast<const uint4*>(
-                                             static_cast<const __nv_bfloat16*>(p.x) + b * p.k + k))
-                                       : make_uint4(0, 0, 0, 0);
-    }
-  };
-  auto store_slice = [&](int buffer) {
-#pragma unroll
-    for (int i = 0; i < kFillWords; ++i) {
-      const uint4 v = fill[i];
-      const int word = threadIdx.x + i * kRowSplitWarps * 32;
-      const int b = word / (kRowSplitSlice / 8);
-      const int w = word % (kRowSplitSlice / 8);
-      x_slices[buffer][b * (kRowSplitSlice / 8) + (w ^ x_word_swizzle(b, w))] =
-          make_uint4(__byte_perm(v.y, v.w, 0x7632), __byte_perm(v.y, v.w, 0x5410),
-                     __byte_perm(v.x, v.z, 0x7632), __byte_perm(v.x, v.z, 0x5410));
-    }
-  };
-
-  // The warp's codes and scales, step after step along k.
-  const int64_t row_bytes = p.k / 2;
-  const int64_t scale_row_bytes = p.k / 16;
-  const uint8_t* code_src[2];
-  const uint16_t* scale_src[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int64_t wanted = row0 + g + 8 * h;
-    const int64_t row = wanted < p.n ? wanted : p.n - 1;  // rows past n are never stored
-    code_src[h] = p.codes + row * row_bytes + 16 * t;
-    scale_src[h] = reinterpret_cast<const uint16_t*>(static_cast<const uint8_t*>(p.scales) +
-                                                     row * scale_row_bytes + 2 * t);
-  }
-  int issue_left = steps;
-  auto load = [&](DirectStage<1>& stage) {
-    if (issue_left <= 0) return;  // past the last step: the stage is never read
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      stage.codes[0][h] = load_streaming(code_src[h]);
-      stage.scales[0][h] = __ldg(scale_src[h]);
-      code_src[h] += kStepK / 2;
-      scale_src[h] += kStepK / 32;  // 8 bytes a step
-    }
-    --issue_left;
-  };
-  DirectStage<1> ring[kRowSplitDepth];
-#pragma unroll
-  for (int s = 0; s < kRowSplitDepth; ++s) load(ring[s]);
-  load_slice(0);
-  store_slice(0);
-  __syncthreads();
-
-  float acc[2][4] = {};  // batch tiles 0..7 and 8..15
-  for (int slice = 0; slice < slices; ++slice) {
-    const bool more = slice + 1 < slices;
-    if (more) load_slice(slice + 1);  // in flight while this slice computes
-    const uint4* x_rows = x_slices[slice & 1];
-    const int slice_steps = min(kStepsPerSlice, steps - slice * kStepsPerSlice);
-    for (int j = 0; j < slice_steps; ++j) {
-      const DirectStage<1> stage = ring[0];
-#pragma unroll
-      for (int s = 0; s + 1 < kRowSplitDepth; ++s) ring[s] = ring[s + 1];
-      load(ring[kRowSplitDepth - 1]);
-      uint32_t xp[2][16];  // batch rows g and g + 8: the lane's 32 k of this step
-#pragma unroll
-      for (int bt = 0; bt < 2; ++bt) {
-        const int w = 16 * j + 4 * t;
-        const uint4* x_src = x_rows + (g + 8 * bt) * (kRowSplitSlice / 8) + w;
-        const int swizzle = x_word_swizzle(g + 8 * bt, w);
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const uint4 v = x_src[q ^ swizzle];
-          xp[bt][4 * q] = v.x;
-          xp[bt][4 * q + 1] = v.y;
-          xp[bt][4 * q + 2] = v.z;
-          xp[bt][4 * q + 3] = v.w;
-        }
-      }
-      uint32_t scale[2][2];
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        e4m3_pair_to_scales(stage.scales[0][h], scale[h][0], scale[h][1]);
-      }
-      mma_row_tile_e2m1<2>(acc, stage.codes[0][0], stage.codes[0][1], scale, xp);
-    }
-    if (more) store_slice((slice + 1) & 1);  // its buffer was last read before the last barrier
-    __syncthreads();
-  }
-
-  // Lane (g, t) holds rows g, g + 8 x batch rows 8 bt + 2t, 8 bt + 2t + 1.
-  const float scale = p.tensor_scale * kE2m1OutputBias;
-  const uint16_t* bias = static_cast<const uint16_t*>(p.bias);
-  uint16_t* y = static_cast<uint16_t*>(p.y);
-#pragma unroll
-  for (int bt = 0; bt < 2; ++bt) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int64_t n = row0 + g + 8 * (i / 2);
-      const int b = 8 * bt + 2 * t + (i % 2);
-      if (b >= p.batch || n >= p.n) continue;
-      float sum = acc[bt][i] * scale;
-      if (bias != nullptr) sum += Half<__nv_bfloat16>::to_float(bias[n]);
-      y[b * p.n + n] = static_cast<uint16_t>(Half<__nv_bfloat16>::bits(sum));
-    }
-  }
-}
-
-// Whether the row-split kernel can take this call (see its comment).
-bool row_split_applies(const LinearParams& p, Activation type) {
-  return p.format == Format::kNvfp4 && type == Activation::kBf16 && p.k % kStepK == 0 &&
-         p.batch > 8 && p.batch <= 16 && reinterpret_cast<uintptr_t>(p.codes) % 16 == 0 &&
-         reinterpret_cast<uintptr_t>(p.scales) % 2 == 0;
-}
-
-void launch_row_split(const LinearParams& p, cudaStream_t stream) {
-  constexpr int kRows = 16 * kRowSplitWarps;
-  const int64_t grid = (p.n + kRows - 1) / kRows;
-  row_split_linear_kernel<<<static_cast<int>(grid), kRowSplitWarps * 32, 0, stream>>>(p);
-}
-
-// ---------------------------------------------------------------------------------------
-// The k-split kernel: NVFP4 with bf16 activations, batch <= 16, k a multiple of 128. The
-// row-split kernel shares x slices among a block's warps, so all 8 wait at a barrier every
-// 4 steps, and one block of 128 rows leaves 8192-row layers with too few blocks. Here k is cut
-// into chunks of at most kKSplitMaxChunkSteps steps, and every block takes one chunk: it stages
-// that chunk of x (16 batch rows, permuted and swizzled as in the row-split kernel) once, and
-// its warps then walk tiles of 16 rows over the chunk with no barrier at all, codes and scales
+// The k-split kernel: NVFP4 with bf16 activations, batch <= 16, k a multiple of 128. The staged
+// kernel's warps split k, so each copies its own x: 4 KB of x (16 batch rows x 128 k) per 2 KB
+// of codes and scales. A first answer, warps owning 16 rows over all of k and sharing x slices
+// of 512 k (the row-split kernel), made all 8 warps of a block meet at a barrier every 4 steps
+// and had too few blocks for 8192 rows: 89.5 us at 28672 x 8192, 68.7 us at 8192 x 8192 (H200,
+// batch 16). Here k is cut into chunks, and every block takes one chunk: it stages that chunk of
+// x (16 batch rows, permuted for e2m1_word_bits, swizzled against bank conflicts) once, and its
+// warps then walk tiles of 16 rows over the chunk with no barrier at all, codes and scales
 // loaded straight into registers kDepth steps ahead (the load sequence runs on across a warp's
-// tiles). Two row tiles a warp (x read once for 32 rows) need more than the 128 registers that
-// two blocks an SM allow, and spill. Each warp writes its float sums of a tile to a workspace,
-// [chunk][batch row][n]; a second kernel adds the chunks in order (the result does not depend on
-// timing), applies the tensor scale and the bias and writes y. Every weight byte is still read
-// once.
+// tiles): 73.7 us with chunks of 2048 k, 68.2 us with 1024 (more, shorter tiles: the last ones
+// leave fewer warps idle). Two row tiles a warp (x read once for 32 rows) need more than the 128
+// registers that two blocks an SM allow, and spill. Each warp writes its float sums of a tile to
+// a workspace, [chunk][batch row][n]; a second kernel adds the chunks in order (the result does
+// not depend on timing), applies the tensor scale and the bias and writes y. Every weight byte
+// is still read once.
 constexpr int kKSplitWarps = 8;
-// 16 batch rows x 2048 k of bf16 x: 64 KiB of shared memory a block.
-constexpr int kKSplitMaxChunkSteps = 16;
+// Chunks of 1024 k by default; at most 2048 (16 batch rows x 2048 k of bf16 x: 64 KiB of shared
+// memory a block).
+constexpr int kKSplitDefaultChunk = 1024;
+constexpr int kKSplitMaxChunk = 2048;
+// The default from this many rows up (the staged kernel below: one launch, no workspace).
+constexpr int64_t kKSplitDefaultMinRows = 8192;
 constexpr int kKSplitFinishThreads = 256;
 
 template <int kDepth>
@@ -1492,7 +1342,9 @@ absl::Status keep_workspace_pool(int device) {
   return absl::OkStatus();
 }
 
-absl::Status launch_k_split(const LinearParams& p, int depth, int max_blocks, cudaStream_t stream) {
+// chunk: k of one chunk (a multiple of kStepK, at most kKSplitMaxChunk).
+absl::Status launch_k_split(const LinearParams& p, int depth, int chunk, int max_blocks,
+                            cudaStream_t stream) {
   void (*kernel)(LinearParams, int, int, float*) = nullptr;
   if (depth == 2) kernel = k_split_linear_kernel<2>;
   if (depth == 3) kernel = k_split_linear_kernel<3>;
@@ -1502,7 +1354,8 @@ absl::Status launch_k_split(const LinearParams& p, int depth, int max_blocks, cu
   }
   const int steps = static_cast<int>(p.k / kStepK);
   // Chunks as even as the steps allow, none of them empty.
-  const int fewest_chunks = (steps + kKSplitMaxChunkSteps - 1) / kKSplitMaxChunkSteps;
+  const int max_chunk_steps = chunk / kStepK;
+  const int fewest_chunks = (steps + max_chunk_steps - 1) / max_chunk_steps;
   const int chunk_steps = (steps + fewest_chunks - 1) / fewest_chunks;
   const int chunks = (steps + chunk_steps - 1) / chunk_steps;
   const size_t smem = size_t{16} * chunk_steps * kStepK * 2;
@@ -2037,16 +1890,12 @@ absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t b
   }
   // The defaults, as measured on the H200 (docs/fp4.md), where the other fields leave the
   // choice open: on layers of kLargeLayerRows rows or more, the integer kernel for one fp16
-  // batch row, the direct kernel with two segments up to kDirectDefaultMaxBatch bf16 batch rows
-  // and the row-split kernel from 9; else the staged kernel wherever it applies, and the
-  // register kernel.
+  // batch row and the direct kernel with two segments up to kDirectDefaultMaxBatch bf16 batch
+  // rows; from kKSplitDefaultMinRows rows, the k-split kernel from 9 bf16 batch rows; else the
+  // staged kernel wherever it applies, and the register kernel.
   if (options.direct < -1 || options.direct > 2) {
     return absl::InvalidArgumentError(absl::StrCat(kWhat, ": direct = ", options.direct,
                                                    ": expected -1 (chosen), 0 (never), 1 or 2"));
-  }
-  if (options.row_split < -1 || options.row_split > 1) {
-    return absl::InvalidArgumentError(absl::StrCat(kWhat, ": row_split = ", options.row_split,
-                                                   ": expected -1 (chosen), 0 (never) or 1"));
   }
   if (options.direct > 0) {
     const int segments = options.direct;
@@ -2072,6 +1921,12 @@ absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t b
     return absl::InvalidArgumentError(absl::StrCat(kWhat, ": k_split = ", options.k_split,
                                                    ": expected -1 (chosen), 0 (never) or 1"));
   }
+  if (options.k_split_chunk < 0 || options.k_split_chunk % kStepK != 0 ||
+      options.k_split_chunk > kKSplitMaxChunk) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kWhat, ": k_split_chunk = ", options.k_split_chunk,
+        ": expected 0 (chosen) or a multiple of ", kStepK, " up to ", kKSplitMaxChunk));
+  }
   const bool k_split_fits = k_split_applies(p, type);
   if (options.k_split == 1) {
     if (!k_split_fits) {
@@ -2080,10 +1935,10 @@ absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t b
           " and 16-byte aligned codes; got ", backends::fp4::format_name(weight.format),
           type == Activation::kBf16 ? " bf16" : " fp16", ", k = ", weight.k));
     }
-    if (options.direct > 0 || options.row_split == 1 || options.integer == 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          kWhat, ": k_split = 1 with direct = ", options.direct, ", row_split = ",
-          options.row_split, " and integer = ", options.integer, ": choose one kernel"));
+    if (options.direct > 0 || options.integer == 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kWhat, ": k_split = 1 with direct = ", options.direct,
+                       " and integer = ", options.integer, ": choose one kernel"));
     }
     if ((asked_warps != 0 && asked_warps != kKSplitWarps) ||
         (options.row_tiles != 0 && options.row_tiles != 1)) {
@@ -2102,10 +1957,9 @@ absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t b
           " bytes of staged x, 16-byte aligned codes and 4-byte aligned scales; got ",
           backends::fp4::format_name(weight.format), ", batch = ", batch, ", k = ", weight.k));
     }
-    if (options.direct > 0 || options.row_split == 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(kWhat, ": integer = 1 with direct = ", options.direct,
-                       " and row_split = ", options.row_split, ": choose one kernel"));
+    if (options.direct > 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kWhat, ": integer = 1 with direct = ", options.direct, ": choose one kernel"));
     }
     if ((asked_warps != 0 && asked_warps != kIntegerWarps) ||
         (options.row_tiles != 0 && options.row_tiles != 1 && options.row_tiles != 2) ||
@@ -2138,26 +1992,12 @@ absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t b
     return launch_status(kWhat);
   }
   if (options.k_split == 1 ||
-      (options.k_split == -1 && k_split_fits && batch > 8 && weight.n >= kLargeLayerRows &&
-       options.row_split != 1 && options.row_tiles == 0 && options.pipeline_stages == -1 &&
-       options.bit_decode && asked_warps == 0)) {
-    const int depth = options.pipeline_stages == -1 ? 2 : options.pipeline_stages;
-    VB_RETURN_IF_ERROR(launch_k_split(p, depth, options.max_blocks, stream));
-    return launch_status(kWhat);
-  }
-  const bool row_split_fits = row_split_applies(p, type);
-  if (options.row_split == 1 && !row_split_fits) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        kWhat,
-        ": row_split = 1 needs NVFP4 weights, bf16 activations, batch 9..16, k a multiple of ",
-        kStepK, " and 16-byte aligned codes; got ", backends::fp4::format_name(weight.format),
-        type == Activation::kBf16 ? " bf16" : " fp16", ", batch = ", batch, ", k = ", weight.k));
-  }
-  if (options.row_split == 1 ||
-      (options.row_split == -1 && row_split_fits && weight.n >= kLargeLayerRows &&
+      (options.k_split == -1 && k_split_fits && batch > 8 && weight.n >= kKSplitDefaultMinRows &&
        options.row_tiles == 0 && options.pipeline_stages == -1 && options.bit_decode &&
        asked_warps == 0)) {
-    launch_row_split(p, stream);
+    const int depth = options.pipeline_stages == -1 ? 2 : options.pipeline_stages;
+    const int chunk = options.k_split_chunk != 0 ? options.k_split_chunk : kKSplitDefaultChunk;
+    VB_RETURN_IF_ERROR(launch_k_split(p, depth, chunk, options.max_blocks, stream));
     return launch_status(kWhat);
   }
   int stages = options.pipeline_stages;

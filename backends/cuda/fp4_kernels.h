@@ -8,10 +8,11 @@
 //    once per call and no dequantized weight is written anywhere. Tensor-core mma.sync
 //    (m16n8k16): each warp decodes its weights into registers (a per-lane table in shared
 //    memory, or bit operations for NVFP4 with bf16), multiplies by the block scale in the
-//    16-bit type, and feeds the products to the MMA with the batch as its N side. Four
+//    16-bit type, and feeds the products to the MMA with the batch as its N side. Five
 //    kernels: the register kernel (any k), the staged kernel (a cp.async ring in shared
-//    memory), the direct kernel (NVFP4 + bf16, batch <= 8: loads straight into registers) and
-//    the row-split kernel (NVFP4 + bf16, batch 9..16: warps own rows and share x);
+//    memory), the direct kernel (NVFP4 + bf16, batch <= 8: loads straight into registers), the
+//    integer kernel (NVFP4, batch <= 4: 8-bit integer MMA on exact block sums) and the k-split
+//    kernel (NVFP4 + bf16, batch <= 16: blocks own chunks of k, a second kernel adds them);
 //    LinearOptions picks one, the defaults are the measured best (docs/fp4.md).
 //  - Above 16 rows, callers dequantize to bf16 into a scratch buffer (dequantize_to_bf16) and
 //    run a bf16 GEMM (cuBLAS); docs/fp4.md says where that crosses over.
@@ -96,11 +97,6 @@ struct LinearOptions {
   // 1: batch <= 8), INVALID_ARGUMENT where it cannot run (row_tiles 1 or 2, 8 warps);
   // 0: never; -1: chosen at small batches where the other fields leave the choice open.
   int direct = -1;
-  // The row-split kernel (NVFP4, bf16 activations, batch 9..16, k a multiple of 128): each warp
-  // owns 16 rows over the whole of k and the block's warps share x in shared memory. 1: use it
-  // (INVALID_ARGUMENT where it cannot run); 0: never; -1: chosen where it applies, the k-split
-  // kernel is not (k_split = 0) and the other fields leave the choice open.
-  int row_split = -1;
   // The integer kernel (NVFP4, bf16 or fp16 activations, batch <= 4, k a multiple of 128, at
   // most 96 KiB of x as staged: batch * k * 3 bytes): codes as 8-bit integer MMA operands, x as
   // 15-bit fixed point per 16-element block, block scales applied to the MMA's exact sums
@@ -109,13 +105,16 @@ struct LinearOptions {
   // layers of 16384 rows or more, where the other fields leave the choice open.
   int integer = -1;
   // The k-split kernel (NVFP4, bf16 activations, batch <= 16, k a multiple of 128): k is cut
-  // into chunks of at most 2048, each block keeps one chunk of x in shared memory and its warps
+  // into chunks (k_split_chunk), each block keeps one chunk of x in shared memory and its warps
   // walk 16-row tiles over it without a barrier; float partial sums go to a stream-ordered
   // workspace (cudaMallocAsync, 4 * chunks * batch * n bytes) that a second kernel adds up in
   // chunk order. 1: use it (INVALID_ARGUMENT where it cannot run; 8 warps, row_tiles 1,
-  // pipeline_stages -1, 2 or 3); 0: never; -1: chosen for 9..16 batch rows on layers of 16384
+  // pipeline_stages -1, 2 or 3); 0: never; -1: chosen for 9..16 batch rows on layers of 8192
   // rows or more, where the other fields leave the choice open.
   int k_split = -1;
+  // k-split kernel: k of one chunk, a multiple of 128 up to 2048 (0: chosen, 1024). The last
+  // chunk may be shorter; chunks are made as even as the 128-wide steps allow.
+  int k_split_chunk = 0;
 };
 
 // y[b, j] = sum_k x[b, k] * W[j, k] (+ bias[j]) for b < batch, j < n. x: [batch, k] (16-byte

@@ -177,11 +177,11 @@ struct LinearCase {
   int stages = -1;  // LinearOptions::pipeline_stages
   int row_tiles = 0;
   int max_blocks = 0;
-  bool bits = true;    // LinearOptions::bit_decode
-  int direct = -1;     // LinearOptions::direct
-  int row_split = -1;  // LinearOptions::row_split
-  int integer = -1;    // LinearOptions::integer
-  int k_split = -1;    // LinearOptions::k_split
+  bool bits = true;  // LinearOptions::bit_decode
+  int direct = -1;   // LinearOptions::direct
+  int integer = -1;  // LinearOptions::integer
+  int k_split = -1;  // LinearOptions::k_split
+  int chunk = 0;     // LinearOptions::k_split_chunk
 };
 
 void check_linear(const LinearCase& c, unsigned seed) {
@@ -191,7 +191,7 @@ void check_linear(const LinearCase& c, unsigned seed) {
       " batch=" + std::to_string(c.batch) + " warps=" + std::to_string(c.warps) +
       " stages=" + std::to_string(c.stages) + " row_tiles=" + std::to_string(c.row_tiles) +
       " max_blocks=" + std::to_string(c.max_blocks) + (c.bits ? "" : " table") +
-      " direct=" + std::to_string(c.direct) + " row_split=" + std::to_string(c.row_split) +
+      " direct=" + std::to_string(c.direct) + " chunk=" + std::to_string(c.chunk) +
       " integer=" + std::to_string(c.integer) + " k_split=" + std::to_string(c.k_split) +
       (c.bias ? " +bias" : "");
   const std::vector<float> wf = gaussian(c.n * c.k, seed, 0.02f);
@@ -219,9 +219,9 @@ void check_linear(const LinearCase& c, unsigned seed) {
     options.max_blocks = c.max_blocks;
     options.bit_decode = c.bits;
     options.direct = c.direct;
-    options.row_split = c.row_split;
     options.integer = c.integer;
     options.k_split = c.k_split;
+    options.k_split_chunk = c.chunk;
     const absl::Status status =
         fp4_linear((*device)->view(), dx.get(), c.batch, c.type, c.bias ? dbias.get() : nullptr,
                    dy.get(), nullptr, options);
@@ -327,44 +327,33 @@ TEST(Fp4GpuTest, FusedLinearMatchesFloat64) {
     direct_case(9000, 256, 1, false);
     direct_case(100, 32768 / max_batch, max_batch, true);
   }
-  // The row-split kernel (NVFP4, bf16, batch 9..16): x slices of 512 k with a partial last one
-  // (1792 = 3.5 slices; 128 = a quarter), rows past n (200, 37 and 9000 are not multiples of
-  // its 128 rows).
-  for (int64_t batch : {9, 12, 16}) {
-    check_linear({Format::kNvfp4, 200, 1792, batch, Activation::kBf16, batch != 12, 0, -1, 0, 0,
-                  true, -1, 1},
-                 seed++);
-  }
-  check_linear({Format::kNvfp4, 37, 128, 16, Activation::kBf16, true, 0, -1, 0, 0, true, -1, 1},
-               seed++);
-  check_linear({Format::kNvfp4, 9000, 512, 11, Activation::kBf16, false, 0, -1, 0, 0, true, -1, 1},
-               seed++);
-  check_linear({Format::kNvfp4, 100, 4096, 16, Activation::kBf16, true, 0, -1, 0, 0, true, -1, 1},
-               seed++);
   // The integer kernel (NVFP4, bf16 and fp16, batch 1..4), each variant built (row tiles 1;
   // 2 for one batch row), some with fewer blocks than row groups: steps that do not divide among
   // its 8 warps (1792 = 14 steps; 256 = 2: warps with none), batch 3 (run as 4, one row of zeros),
   // rows past n, many blocks, and the largest x it stages (4 rows of 8192).
   for (Activation type : {Activation::kBf16, Activation::kFp16}) {
     for (int64_t batch : {1, 2, 3, 4}) {
-      check_linear({Format::kNvfp4, 200, 1792, batch, type, batch != 2, 0, -1, 1, 0, true, 0, 0, 1},
+      check_linear({Format::kNvfp4, 200, 1792, batch, type, batch != 2, 0, -1, 1, 0, true, 0, 1},
                    seed++);
-      check_linear({Format::kNvfp4, 37, 256, batch, type, true, 0, -1, 1, 2, true, 0, 0, 1},
-                   seed++);
+      check_linear({Format::kNvfp4, 37, 256, batch, type, true, 0, -1, 1, 2, true, 0, 1}, seed++);
     }
-    check_linear({Format::kNvfp4, 200, 1792, 1, type, true, 0, -1, 2, 3, true, 0, 0, 1}, seed++);
-    check_linear({Format::kNvfp4, 9000, 256, 1, type, false, 0, 2, 2, 0, true, 0, 0, 1}, seed++);
-    check_linear({Format::kNvfp4, 9000, 256, 4, type, true, 0, -1, 0, 5, true, 0, 0, 1}, seed++);
-    check_linear({Format::kNvfp4, 100, 8192, 4, type, true, 0, -1, 1, 0, true, 0, 0, 1}, seed++);
+    check_linear({Format::kNvfp4, 200, 1792, 1, type, true, 0, -1, 2, 3, true, 0, 1}, seed++);
+    check_linear({Format::kNvfp4, 9000, 256, 1, type, false, 0, 2, 2, 0, true, 0, 1}, seed++);
+    check_linear({Format::kNvfp4, 9000, 256, 4, type, true, 0, -1, 0, 5, true, 0, 1}, seed++);
+    check_linear({Format::kNvfp4, 100, 8192, 4, type, true, 0, -1, 1, 0, true, 0, 1}, seed++);
   }
-  // The k-split kernel (NVFP4, bf16, batch <= 16), both depths: one chunk (1792 = 14 steps), an
-  // even split (8192 = 4 chunks of 16 steps) and an uneven one (4224 = 33 steps: 3 chunks of
-  // 11), rows past n (200, 37 and 9000 are not multiples of 16), batches that leave MMA columns
-  // idle, and few blocks (max_blocks), so that each warp walks many tiles.
-  for (int depth : {2, 3}) {
+  // The k-split kernel (NVFP4, bf16, batch <= 16), both depths and every chunk length (2048,
+  // the default 1024, 512): 1792 = 14 steps makes one chunk, 2 of 7, or 4 with a last of 2;
+  // 8192 makes 4, 8 or 16 even ones; 4224 = 33 steps makes 3 of 11, 5 with a last of 5, or 9
+  // with a last of 1. Also rows past n (200, 37 and 9000 are not multiples of 16), batches that
+  // leave MMA columns idle, and few blocks (max_blocks), so that each warp walks many tiles.
+  struct KSplit {
+    int depth, chunk;
+  };
+  for (const KSplit& ks : std::vector<KSplit>{{2, 0}, {3, 0}, {2, 512}, {2, 2048}}) {
     auto k_split_case = [&](int64_t n, int64_t k, int64_t batch, bool bias, int max_blocks) {
-      check_linear({Format::kNvfp4, n, k, batch, Activation::kBf16, bias, 0, depth, 0, max_blocks,
-                    true, 0, 0, 0, 1},
+      check_linear({Format::kNvfp4, n, k, batch, Activation::kBf16, bias, 0, ks.depth, 0,
+                    max_blocks, true, 0, 0, 1, ks.chunk},
                    seed++);
     };
     for (int64_t batch : {1, 9, 16}) k_split_case(200, 1792, batch, batch != 9, 0);
@@ -374,8 +363,8 @@ TEST(Fp4GpuTest, FusedLinearMatchesFloat64) {
     k_split_case(9000, 4224, 5, true, 7);
   }
   // The defaults from 16384 rows: the integer kernel for one fp16 batch row, the direct kernel
-  // with two segments up to 4 bf16 batch rows, the k-split kernel from 9 (each measured faster
-  // there only).
+  // with two segments up to 4 bf16 batch rows; from 8192 rows, the k-split kernel from 9 (each
+  // measured faster there only).
   check_linear({Format::kNvfp4, 16384, 256, 3, Activation::kBf16, true, 0}, seed++);
   check_linear({Format::kNvfp4, 16384, 256, 1, Activation::kFp16, true, 0}, seed++);
   check_linear({Format::kNvfp4, 16384, 128, 13, Activation::kBf16, true, 0}, seed++);
@@ -488,7 +477,6 @@ TEST(Fp4GpuTest, FusedLinearReadsEveryCodeAndScaleExactly) {
     bool bits;
     int direct;
     int rows_per_call;  // one-hot batch rows (the direct kernel takes at most 8)
-    int row_split = 0;
     int integer = 0;
     int k_split = 0;
   };
@@ -496,20 +484,18 @@ TEST(Fp4GpuTest, FusedLinearReadsEveryCodeAndScaleExactly) {
     std::vector<Path> paths = {Path{"register kernel", 0, false, 0, 16},
                                Path{"staged, table", 2, false, 0, 16},
                                Path{"staged, bit decode", 2, true, 0, 16}};
-    paths.push_back(Path{"integer, one row tile", -1, true, 0, 4, 0, 1});
-    paths.push_back(Path{"integer, two row tiles", -1, true, 0, 1, 0, 1});
+    paths.push_back(Path{"integer, one row tile", -1, true, 0, 4, 1});
+    paths.push_back(Path{"integer, two row tiles", -1, true, 0, 1, 1});
     if (type == Activation::kBf16) {
       paths.push_back(Path{"direct, one segment", -1, true, 1, 8});
       paths.push_back(Path{"direct, two segments", -1, true, 2, 4});
-      paths.push_back(Path{"row split", -1, true, 0, 16, 1});
-      paths.push_back(Path{"k split", -1, true, 0, 16, 0, 0, 1});
+      paths.push_back(Path{"k split", -1, true, 0, 16, 0, 1});
     }
     for (const Path& path : paths) {
       LinearOptions options;
       options.pipeline_stages = path.stages;
       options.bit_decode = path.bits;
       options.direct = path.direct;
-      options.row_split = path.row_split;
       options.integer = path.integer;
       options.k_split = path.k_split;
       if (path.integer == 1) options.row_tiles = path.rows_per_call == 1 ? 2 : 1;
@@ -643,20 +629,6 @@ TEST(Fp4GpuTest, FusedLinearRefusesBadArguments) {
       direct_call(**device128, x128.get(), 1, Activation::kBf16, y128.get(), direct);
   EXPECT_NE(narrow.message().find("k a multiple of 256"), absl::string_view::npos) << narrow;
   EXPECT_NE(narrow.message().find("k = 128"), absl::string_view::npos) << narrow;
-  // The row-split kernel where it cannot run (NF4; 1 row), and a bad value of the option.
-  LinearOptions split;
-  split.row_split = 1;
-  const absl::Status split_nf4 =
-      direct_call(**device, x.get(), 16, Activation::kBf16, y.get(), split);
-  EXPECT_NE(split_nf4.message().find("got nf4 bf16"), absl::string_view::npos) << split_nf4;
-  const absl::Status split_one =
-      direct_call(**device128, x128.get(), 1, Activation::kBf16, y128.get(), split);
-  EXPECT_NE(split_one.message().find("batch 9..16"), absl::string_view::npos) << split_one;
-  EXPECT_NE(split_one.message().find("batch = 1"), absl::string_view::npos) << split_one;
-  split.row_split = 2;
-  const absl::Status split_bad =
-      direct_call(**device128, x128.get(), 1, Activation::kBf16, y128.get(), split);
-  EXPECT_NE(split_bad.message().find("row_split = 2"), absl::string_view::npos) << split_bad;
   // The integer kernel where it cannot run (NF4; 16 rows), with another kernel asked for too, an
   // unbuilt row tile, and a bad value of the option.
   LinearOptions integer;
@@ -691,11 +663,11 @@ TEST(Fp4GpuTest, FusedLinearRefusesBadArguments) {
   const absl::Status ks_fp16 =
       direct_call(**device128, x16.get(), 16, Activation::kFp16, y16.get(), k_split);
   EXPECT_NE(ks_fp16.message().find("got nvfp4 fp16"), absl::string_view::npos) << ks_fp16;
-  k_split.row_split = 1;
+  k_split.integer = 1;
   const absl::Status ks_both =
       direct_call(**device128, x16.get(), 16, Activation::kBf16, y16.get(), k_split);
   EXPECT_NE(ks_both.message().find("choose one"), absl::string_view::npos) << ks_both;
-  k_split.row_split = -1;
+  k_split.integer = -1;
   k_split.pipeline_stages = 4;
   const absl::Status ks_deep =
       direct_call(**device128, x16.get(), 16, Activation::kBf16, y16.get(), k_split);
@@ -710,6 +682,15 @@ TEST(Fp4GpuTest, FusedLinearRefusesBadArguments) {
   const absl::Status ks_bad =
       direct_call(**device128, x16.get(), 16, Activation::kBf16, y16.get(), k_split);
   EXPECT_NE(ks_bad.message().find("k_split = 2"), absl::string_view::npos) << ks_bad;
+  k_split.k_split = 1;
+  for (int chunk : {-128, 100, 4096}) {
+    k_split.k_split_chunk = chunk;
+    const absl::Status ks_chunk =
+        direct_call(**device128, x16.get(), 16, Activation::kBf16, y16.get(), k_split);
+    EXPECT_NE(ks_chunk.message().find("k_split_chunk = " + std::to_string(chunk)),
+              absl::string_view::npos)
+        << ks_chunk;
+  }
 }
 
 }  // namespace
