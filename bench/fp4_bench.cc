@@ -5,8 +5,8 @@
 // the weight bytes streamed per second, and that rate as a fraction of a device-to-device
 // cudaMemcpy (read + write bytes) measured first. Each timed configuration is checked first.
 //
-//   build-gpu/bench/fp4_bench [--quick | --variants [BATCH,...] | --shapes | --one STAGES
-//   ROW_TILES WARPS BATCH]
+//   build-gpu/bench/fp4_bench [--quick | --variants [BATCH,...] | --shapes | --chunked | --one
+//   STAGES ROW_TILES WARPS BATCH]
 //   (--one: STAGES 'direct1' or 'direct2' for the direct kernel, 'integer' for the integer kernel,
 //   'ksplit2' or 'ksplit3' for the k-split kernel loading 2 or 3 steps ahead)
 #include <cuda_runtime_api.h>
@@ -286,6 +286,106 @@ void sweep_fp16(double copy_gbps, int64_t rotate_bytes, int reps) {
   }
 }
 
+// Above 16 batch rows: the whole weight dequantized to bf16 and one GEMM, against the same
+// done `chunk_rows` weight rows at a time into one of two buffers small enough to stay in the L2
+// (a chunk's GEMM then reads its weight from the L2, not DRAM), on one stream, or with the next
+// chunk's dequantization on a second stream overlapping the current chunk's GEMM.
+void sweep_chunked(double copy_gbps, int64_t rotate_bytes, int reps) {
+  const auto bf16 = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+  cudaStream_t side = nullptr;
+  check_cuda(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking), "cudaStreamCreate");
+  cudaEvent_t go = nullptr, dequantized[2] = {}, multiplied[2] = {};
+  check_cuda(cudaEventCreateWithFlags(&go, cudaEventDisableTiming), "cudaEventCreate");
+  for (int b = 0; b < 2; ++b) {
+    check_cuda(cudaEventCreateWithFlags(&dequantized[b], cudaEventDisableTiming),
+               "cudaEventCreate");
+    check_cuda(cudaEventCreateWithFlags(&multiplied[b], cudaEventDisableTiming), "cudaEventCreate");
+  }
+  std::printf(
+      "\nnvfp4 above 16 batch rows: dequantize + bf16 GEMM, whole or in chunks of rows (two "
+      "buffers; 'overlap': the next chunk dequantized on a second stream)\n%-12s %5s %-28s %9s "
+      "%9s %8s %11s %8s\n",
+      "N x K", "batch", "path", "fp4 us", "bf16 us", "speedup", "weight GB/s", "of copy");
+  for (auto [n, k] : {std::pair<int64_t, int64_t>{28672, 8192}, {8192, 8192}}) {
+    const std::string shape = std::to_string(n) + "x" + std::to_string(k);
+    const SweepWeights w = make_sweep_weights(n, k, rotate_bytes, torch::kBFloat16);
+    const int copies = static_cast<int>(w.w4.size());
+    at::Tensor whole = torch::empty({n, k}, bf16);
+    for (int64_t batch : {64, 256}) {
+      const at::Tensor x = torch::randn({batch, k}, bf16);
+      at::Tensor y = torch::empty({batch, n}, bf16);
+      const at::Tensor ref = at::linear(x.to(at::kFloat), w.dequantized.to(at::kFloat));
+      const double bf16_ms =
+          median_ms(reps, [&](int i) { y = at::linear(x, w.w16[i % w.w16.size()]); });
+      auto report = [&](const std::string& path, const std::function<void(int)>& run) {
+        y.fill_(std::numeric_limits<float>::quiet_NaN());
+        run(0);
+        const double err = relative_error(y, ref);
+        if (!(err < 1e-2)) {
+          std::printf("CHECK FAILED %s batch %ld %s: %.3e\n", shape.c_str(),
+                      static_cast<long>(batch), path.c_str(), err);
+          return;
+        }
+        const double ms = median_ms(reps, run);
+        const double gbps = w.packed_bytes / (ms / 1e3) / 1e9;
+        std::printf("%-12s %5ld %-28s %9.1f %9.1f %7.2fx %11.0f %7.0f%%\n", shape.c_str(),
+                    static_cast<long>(batch), path.c_str(), ms * 1e3, bf16_ms * 1e3, bf16_ms / ms,
+                    gbps, 100.0 * gbps / copy_gbps);
+      };
+      report("whole", [&](int i) {
+        check(fp4::dequantize_to_bf16(w.w4[i % copies].view,
+                                      static_cast<uint16_t*>(whole.data_ptr()), nullptr),
+              "dequantize_to_bf16");
+        at::linear_out(y, x, whole);
+      });
+      for (int64_t chunk_rows : {1024, 2048, 4096}) {
+        if (n % chunk_rows != 0) continue;
+        at::Tensor buffers[2] = {torch::empty({chunk_rows, k}, bf16),
+                                 torch::empty({chunk_rows, k}, bf16)};
+        for (bool overlap : {false, true}) {
+          cudaStream_t dequant_stream = overlap ? side : nullptr;
+          report(
+              "chunks of " + std::to_string(chunk_rows) + (overlap ? ", overlap" : ""), [&](int i) {
+                const fp4::DeviceWeightView& view = w.w4[i % copies].view;
+                if (overlap) {  // nothing of this call starts before the call
+                  check_cuda(cudaEventRecord(go, nullptr), "cudaEventRecord");
+                  check_cuda(cudaStreamWaitEvent(side, go), "cudaStreamWaitEvent");
+                }
+                for (int64_t r0 = 0, c = 0; r0 < n; r0 += chunk_rows, ++c) {
+                  const int b = static_cast<int>(c % 2);
+                  fp4::DeviceWeightView part = view;
+                  part.n = chunk_rows;
+                  part.codes = view.codes + r0 * k / 2;
+                  part.scales = static_cast<const uint8_t*>(view.scales) + r0 * (k / 16);
+                  if (overlap && c >= 2) {  // the buffer's last GEMM is done
+                    check_cuda(cudaStreamWaitEvent(side, multiplied[b]), "cudaStreamWaitEvent");
+                  }
+                  check(fp4::dequantize_to_bf16(part, static_cast<uint16_t*>(buffers[b].data_ptr()),
+                                                dequant_stream),
+                        "dequantize_to_bf16");
+                  if (overlap) {
+                    check_cuda(cudaEventRecord(dequantized[b], side), "cudaEventRecord");
+                    check_cuda(cudaStreamWaitEvent(nullptr, dequantized[b]), "cudaStreamWaitEvent");
+                  }
+                  at::Tensor out = y.narrow(1, r0, chunk_rows);
+                  at::mm_out(out, x, buffers[b].t());
+                  if (overlap) {
+                    check_cuda(cudaEventRecord(multiplied[b], nullptr), "cudaEventRecord");
+                  }
+                }
+              });
+        }
+      }
+    }
+  }
+  for (int b = 0; b < 2; ++b) {
+    cudaEventDestroy(dequantized[b]);
+    cudaEventDestroy(multiplied[b]);
+  }
+  cudaEventDestroy(go);
+  cudaStreamDestroy(side);
+}
+
 // Median microseconds of a plain read (bench/read_probe.h) of the first `bytes` of each of
 // `buffers` in turn.
 double plain_read_us(const std::vector<at::Tensor>& buffers, int64_t bytes, int sms, int reps,
@@ -364,12 +464,14 @@ void sweep_read_shapes(int sms, int64_t rotate_bytes, int reps) {
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "";
   const bool quick = mode == "--quick";
-  if (!(argc == 1 || (argc == 2 && (quick || mode == "--variants" || mode == "--shapes")) ||
+  if (!(argc == 1 ||
+        (argc == 2 &&
+         (quick || mode == "--variants" || mode == "--shapes" || mode == "--chunked")) ||
         (argc == 3 && mode == "--variants") || (argc == 6 && mode == "--one"))) {
     std::fprintf(
         stderr,
-        "usage: fp4_bench [--quick | --variants [BATCH,...] | --shapes | --one STAGES ROW_TILES "
-        "WARPS BATCH]\n"
+        "usage: fp4_bench [--quick | --variants [BATCH,...] | --shapes | --chunked | --one STAGES "
+        "ROW_TILES WARPS BATCH]\n"
         "  (--one: STAGES 'direct1' or 'direct2' for the direct kernel, 'integer' for the "
         "integer kernel, 'ksplit2' or 'ksplit3' for the k-split kernel)\n");
     return 2;
@@ -438,6 +540,10 @@ int main(int argc, char** argv) {
   }
   if (mode == "--shapes") {
     sweep_read_shapes(prop.multiProcessorCount, rotate_bytes, reps);
+    return 0;
+  }
+  if (mode == "--chunked") {
+    sweep_chunked(copy_gbps, rotate_bytes, reps);
     return 0;
   }
 
