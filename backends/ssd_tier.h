@@ -5,9 +5,15 @@
 // File layout: a 4 KiB header (magic, version, byte size, chunk size, the tensor's digest,
 // an XXH3-64 checksum of every chunk of the data, and a checksum of the header itself),
 // then the data padded to 4 KiB. A file is written under a temporary name and renamed into
-// place, so a crash leaves either a whole file or a temporary one that the next start
-// removes. Every read verifies the header and every chunk: a corrupt or missing file is
+// place, so a crash of the daemon leaves either a whole file or a temporary one that the next
+// start removes. Every read verifies the header and every chunk: a corrupt or missing file is
 // reported as DATA_LOSS and never returned as a tensor.
+//
+// Nothing is fsync'ed, on purpose: a tier file is a cache of a tensor its owner can upload
+// again, and a flush of the disk's write cache on every spill would put milliseconds on the
+// eviction path. So a power loss may leave a renamed file whose data never reached the disk;
+// its checksums then fail, the tier store forgets the tensor and asks for it again (NOT_FOUND,
+// "upload it again"), and nothing wrong is ever served.
 //
 // The directory is created 0700 and files 0600. Where the file system refuses O_DIRECT
 // (tmpfs), I/O falls back to the page cache and direct_io() says so.
