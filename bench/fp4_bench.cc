@@ -147,18 +147,16 @@ void sweep_variants(double copy_gbps, int64_t rotate_bytes, int reps,
     int k_split = 0;
     int chunk = 0;  // k_split_chunk
   };
+  // The staged kernel is built with 2 row tiles and 2 stages only (the others measured slower).
   const std::vector<Variant> small = {
       {0, 0, 8, false},       {2, 2, 8, false},         {2, 2, 8, true},
-      {4, 2, 8, true},        {2, 2, 16, true},         {2, 1, 16, true},
-      {3, 1, 16, true},       {-1, 1, 8, true, 1},      {-1, 2, 8, true, 1},
+      {2, 2, 16, true},       {-1, 1, 8, true, 1},      {-1, 2, 8, true, 1},
       {-1, 1, 8, true, 2},    {-1, 2, 8, true, 2},      {-1, 1, 8, true, 0, 1},
       {-1, 2, 8, true, 0, 1}, {2, 0, 0, true, 0, 0, 1}, {-1, 0, 0, true, -1, -1, -1}};
   const std::vector<Variant> large = {{0, 0, 8, false},
                                       {2, 2, 4, false},
                                       {2, 2, 4, true},
                                       {2, 2, 8, true},
-                                      {3, 2, 4, true},
-                                      {2, 4, 8, true},
                                       {2, 0, 0, true, 0, 0, 1, 512},
                                       {2, 0, 0, true, 0, 0, 1, 1024},
                                       {2, 0, 0, true, 0, 0, 1, 2048},

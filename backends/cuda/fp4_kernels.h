@@ -82,9 +82,10 @@ struct LinearOptions {
   int warps_per_block = 0;
   // 0: the register kernel (any k). n > 0: the staged kernel, each warp copying its next n - 1
   // steps of codes and scales into shared memory while it computes (k a multiple of 128,
-  // codes 16-byte and scales 8-byte aligned). -1: staged where the weight allows it.
+  // codes 16-byte and scales 8-byte aligned; built for n = 2). -1: staged where the weight
+  // allows it. The direct, integer and k-split kernels read it as their load depth.
   int pipeline_stages = -1;
-  // Staged kernel: 16-row tiles a row group (0: chosen).
+  // Staged kernel: 16-row tiles a row group (0: chosen; built for 2).
   int row_tiles = 0;
   // Staged kernel: at most this many blocks (0: as many as fit the GPU at once).
   int max_blocks = 0;

@@ -27,7 +27,7 @@ if [[ "${VB_FP4_PROFILE:-0}" == 1 ]]; then
   # Nsight Compute on one fused launch (28672 x 8192 NVFP4, batch 1: the first the quick
   # benchmark makes after its checks), clocks left as they are.
   # VB_FP4_PROFILE_RUNS: "STAGES ROW_TILES WARPS BATCH" configurations separated by commas.
-  IFS=, read -ra runs <<< "${VB_FP4_PROFILE_RUNS:-2 1 8 1}"
+  IFS=, read -ra runs <<< "${VB_FP4_PROFILE_RUNS:-2 2 8 1}"
   for run in "${runs[@]}"; do
     name=$(echo "$run" | tr ' ' _)
     # shellcheck disable=SC2086

@@ -277,15 +277,16 @@ TEST(Fp4GpuTest, FusedLinearMatchesFloat64) {
       int64_t batch;
       int row_tiles, stages, warps, max_blocks;
     };
-    // Every staged variant built; max_blocks makes each block walk several row groups.
-    for (const Variant& v : std::vector<Variant>{{1, 1, 3, 16, 0},
-                                                 {5, 2, 2, 8, 2},
-                                                 {8, 2, 4, 4, 3},
-                                                 {3, 1, 2, 1, 1},
+    // The staged variant built (2 row tiles, 2 stages), for both batch tiles and every warp
+    // count; max_blocks makes each block walk several row groups.
+    for (const Variant& v : std::vector<Variant>{{1, 2, 2, 16, 0},
+                                                 {5, 2, 2, 2, 2},
+                                                 {8, 2, 2, 4, 3},
+                                                 {3, 2, 2, 1, 1},
                                                  {16, 2, 2, 8, 2},
-                                                 {9, 2, 3, 2, 0},
-                                                 {13, 4, 2, 8, 1},
-                                                 {16, 4, 2, 1, 2}}) {
+                                                 {9, 2, 2, 16, 0},
+                                                 {13, 2, 2, 4, 1},
+                                                 {16, 2, 2, 1, 2}}) {
       check_linear({f, 200, 1920, v.batch, Activation::kBf16, v.batch % 2 == 1, v.warps, v.stages,
                     v.row_tiles, v.max_blocks},
                    seed++);
@@ -300,7 +301,7 @@ TEST(Fp4GpuTest, FusedLinearMatchesFloat64) {
   for (Format f : kAllFormats) {
     check_linear({f, 200, 1920, 3, Activation::kBf16, true, 8, 2, 2, 3}, seed++);
     check_linear({f, 200, 1920, 11, Activation::kBf16, true, 4, 2, 2, 0}, seed++);
-    check_linear({f, 100, 1920, 1, Activation::kFp16, true, 16, 3, 1, 2}, seed++);
+    check_linear({f, 100, 1920, 1, Activation::kFp16, true, 16, 2, 2, 2}, seed++);
   }
   // More row groups than the GPU holds blocks, with the defaults.
   for (int64_t batch : {2, 11}) {
@@ -581,7 +582,7 @@ TEST(Fp4GpuTest, FusedLinearRefusesBadArguments) {
   // A variant whose stages do not fit a block's shared memory.
   Buffer x16(16 * 128 * 2), y16(16 * 32 * 2);
   options.pipeline_stages = 2;
-  options.row_tiles = 4;
+  options.row_tiles = 2;
   options.warps_per_block = 16;
   const absl::Status too_big = fp4_linear((*device128)->view(), x16.get(), 16, Activation::kBf16,
                                           nullptr, y16.get(), nullptr, options);
