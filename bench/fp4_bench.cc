@@ -455,6 +455,43 @@ void sweep_read_shapes(int sms, int64_t rotate_bytes, int reps) {
       std::printf("%-44s %9.1f %9.0f %7.2fx\n", shape.c_str(), us, bytes / us / 1e3, read_us / us);
     }
   }
+  // With work on every word (~4 instructions a round; the kernels issue ~100-128 per 16-byte
+  // load): loads into registers ahead of use, as the kernels do, against a producer warp
+  // filling a shared-memory ring with bulk copies for 8 consumer warps (bench/read_probe.h).
+  struct Work {
+    bool bulk;
+    int depth;  // loads in flight (registers) or stages (bulk)
+    int rounds, blocks_per_sm;
+  };
+  for (const Work& w : std::vector<Work>{{false, 2, 0, 2},
+                                         {false, 2, 25, 2},
+                                         {false, 2, 32, 2},
+                                         {false, 4, 25, 2},
+                                         {true, 4, 0, 2},
+                                         {true, 8, 0, 2},
+                                         {true, 4, 25, 2},
+                                         {true, 8, 25, 2},
+                                         {true, 8, 32, 2},
+                                         {true, 8, 25, 3}}) {
+    auto launch = [&](int i) {
+      const void* src = buffers[i % copies].data_ptr();
+      return w.bulk ? vb::bench::launch_rows_work_bulk(src, rows, row_bytes, w.depth, w.rounds, sms,
+                                                       w.blocks_per_sm, sink_ptr)
+                    : vb::bench::launch_rows_work_registers(src, rows, row_bytes, w.depth, w.rounds,
+                                                            sms, w.blocks_per_sm, sink_ptr);
+    };
+    if (!launch(0)) {
+      std::fprintf(stderr, "rows_work: shape not built\n");
+      std::exit(1);
+    }
+    check_cuda(cudaDeviceSynchronize(), "rows_work");
+    const double us = 1e3 * median_ms(reps, [&](int i) { launch(i); });
+    const std::string shape = std::string(w.bulk ? "bulk ring, " : "registers, ") +
+                              std::to_string(w.depth) + (w.bulk ? " stages, " : " ahead, ") +
+                              std::to_string(w.rounds) + " rounds, " +
+                              std::to_string(w.blocks_per_sm) + " blocks an SM";
+    std::printf("%-44s %9.1f %9.0f %7.2fx\n", shape.c_str(), us, bytes / us / 1e3, read_us / us);
+  }
 }
 
 }  // namespace
