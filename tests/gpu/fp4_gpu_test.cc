@@ -541,6 +541,87 @@ TEST(Fp4GpuTest, FusedLinearReadsEveryCodeAndScaleExactly) {
   }
 }
 
+// The option checks come before any CUDA call, so they run on machines without a GPU too (CI):
+// every call here is refused by value, on a weight whose pointers are never dereferenced. With
+// a GPU this test steps aside for FusedLinearRefusesBadArguments below, on real memory: a
+// check that let a call through would otherwise launch a kernel on these placeholder pointers.
+TEST(Fp4OptionsTest, RefusesBadOptionsWithoutAGpu) {
+  if (visible_devices() > 0) GTEST_SKIP() << "a GPU is visible: FusedLinearRefusesBadArguments";
+  const auto placeholder = [](uintptr_t address) { return reinterpret_cast<void*>(address); };
+  DeviceWeightView nvfp4;
+  nvfp4.format = Format::kNvfp4;
+  nvfp4.n = 32;
+  nvfp4.k = 256;
+  nvfp4.codes = static_cast<const uint8_t*>(placeholder(0x10000));
+  nvfp4.scales = placeholder(0x20000);
+  DeviceWeightView nf4 = nvfp4;
+  nf4.format = Format::kNf4;
+  void* const x = placeholder(0x30000);
+  void* const y = placeholder(0x40000);
+  struct Case {
+    const char* expected;  // in the message
+    DeviceWeightView weight;
+    int64_t batch;
+    Activation type;
+    LinearOptions options;
+  };
+  auto with = [](auto set) {
+    LinearOptions options;
+    set(options);
+    return options;
+  };
+  const std::vector<Case> cases = {
+      {"batch = 17", nvfp4, 17, Activation::kBf16, LinearOptions()},
+      {"warps_per_block = 3", nvfp4, 1, Activation::kBf16,
+       with([](LinearOptions& o) { o.warps_per_block = 3; })},
+      {"direct = 3", nvfp4, 1, Activation::kBf16, with([](LinearOptions& o) { o.direct = 3; })},
+      {"batch = 16", nvfp4, 16, Activation::kBf16, with([](LinearOptions& o) { o.direct = 1; })},
+      {"pipeline_stages = 5", nvfp4, 1, Activation::kBf16, with([](LinearOptions& o) {
+         o.direct = 1;
+         o.pipeline_stages = 5;
+       })},
+      {"integer = 2", nvfp4, 1, Activation::kBf16, with([](LinearOptions& o) { o.integer = 2; })},
+      {"choose one", nvfp4, 1, Activation::kBf16, with([](LinearOptions& o) {
+         o.integer = 1;
+         o.direct = 1;
+       })},
+      {"got nf4", nf4, 1, Activation::kBf16, with([](LinearOptions& o) { o.integer = 1; })},
+      {"k_split = 2", nvfp4, 16, Activation::kBf16, with([](LinearOptions& o) { o.k_split = 2; })},
+      {"k_split_chunk = 100", nvfp4, 16, Activation::kBf16,
+       with([](LinearOptions& o) { o.k_split_chunk = 100; })},
+      {"k_split_chunk = -128", nvfp4, 16, Activation::kBf16,
+       with([](LinearOptions& o) { o.k_split_chunk = -128; })},
+      {"k_split_chunk = 4096", nvfp4, 16, Activation::kBf16,
+       with([](LinearOptions& o) { o.k_split_chunk = 4096; })},
+      {"got nf4 bf16", nf4, 16, Activation::kBf16, with([](LinearOptions& o) { o.k_split = 1; })},
+      {"got nvfp4 fp16", nvfp4, 16, Activation::kFp16,
+       with([](LinearOptions& o) { o.k_split = 1; })},
+      {"choose one", nvfp4, 16, Activation::kBf16, with([](LinearOptions& o) {
+         o.k_split = 1;
+         o.integer = 1;
+       })},
+      {"row_tiles = 2", nvfp4, 16, Activation::kBf16, with([](LinearOptions& o) {
+         o.k_split = 1;
+         o.row_tiles = 2;
+       })},
+      {"pipeline_stages = 4", nvfp4, 16, Activation::kBf16, with([](LinearOptions& o) {
+         o.k_split = 1;
+         o.pipeline_stages = 4;
+       })},
+  };
+  for (const Case& c : cases) {
+    const absl::Status status =
+        fp4_linear(c.weight, x, c.batch, c.type, nullptr, y, nullptr, c.options);
+    EXPECT_TRUE(absl::IsInvalidArgument(status)) << c.expected << ": " << status;
+    EXPECT_NE(status.message().find(c.expected), absl::string_view::npos)
+        << c.expected << ": " << status;
+  }
+  // Misaligned x is refused by address.
+  const absl::Status misaligned =
+      fp4_linear(nvfp4, placeholder(0x30008), 1, Activation::kBf16, nullptr, y, nullptr);
+  EXPECT_NE(misaligned.message().find("x at 0x30008"), absl::string_view::npos) << misaligned;
+}
+
 TEST(Fp4GpuTest, FusedLinearRefusesBadArguments) {
   SKIP_WITHOUT_GPU();
   const std::vector<float> wf = gaussian(32 * 64, 5, 0.02f);
