@@ -146,6 +146,7 @@ void sweep_variants(double copy_gbps, int64_t rotate_bytes, int reps,
     int integer = 0;
     int k_split = 0;
     int chunk = 0;  // k_split_chunk
+    int sum = -1;   // k_split_sum
   };
   // The staged kernel is built with 2 row tiles and 2 stages only (the others measured slower).
   const std::vector<Variant> small = {
@@ -158,19 +159,21 @@ void sweep_variants(double copy_gbps, int64_t rotate_bytes, int reps,
                                       {2, 2, 4, true},
                                       {2, 2, 8, true},
                                       {2, 0, 0, true, 0, 0, 1, 512},
-                                      {2, 0, 0, true, 0, 0, 1, 1024},
-                                      {2, 0, 0, true, 0, 0, 1, 2048},
+                                      {2, 0, 0, true, 0, 0, 1, 1024, 0},
+                                      {2, 0, 0, true, 0, 0, 1, 1024, 1},
+                                      {2, 0, 0, true, 0, 0, 1, 2048, 0},
+                                      {2, 0, 0, true, 0, 0, 1, 2048, 1},
                                       {3, 0, 0, true, 0, 0, 1},
                                       {-1, 0, 0, true, -1, -1, -1}};
   const auto bf16 = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
   std::printf(
       "\nnvfp4 kernel variants (stages 0: register kernel; bits: E2M1 decoded with bit "
       "operations; direct: the direct kernel's k segments an MMA; int: the integer kernel; ksp: "
-      "the k-split kernel, chunk: its k a chunk (0: chosen); -1: chosen)\n%-12s %5s %7s %9s %6s "
-      "%5s "
-      "%6s %5s %4s %4s  %9s %9s %8s %11s %8s\n",
+      "the k-split kernel, chunk: its k a chunk (0: chosen), sum: its chunks added in a cluster "
+      "(1) or a workspace (0); -1: chosen)\n%-12s %5s %7s %9s %6s %5s %6s %5s %4s %4s %4s  %9s "
+      "%9s %8s %11s %8s\n",
       "N x K", "batch", "stages", "row_tiles", "warps", "bits", "direct", "chunk", "int", "ksp",
-      "fp4 us", "bf16 us", "speedup", "weight GB/s", "of copy");
+      "sum", "fp4 us", "bf16 us", "speedup", "weight GB/s", "of copy");
   for (auto [n, k] : {std::pair<int64_t, int64_t>{28672, 8192}, {8192, 8192}}) {
     const std::string shape = std::to_string(n) + "x" + std::to_string(k);
     const SweepWeights w = make_sweep_weights(n, k, rotate_bytes, torch::kBFloat16);
@@ -193,6 +196,7 @@ void sweep_variants(double copy_gbps, int64_t rotate_bytes, int reps,
         options.integer = v.integer;
         options.k_split = v.k_split;
         options.k_split_chunk = v.chunk;
+        options.k_split_sum = v.sum;
         auto launch = [&](int i) {
           return fp4::fp4_linear(w4[i % copies].view, x.data_ptr(), batch, fp4::Activation::kBf16,
                                  nullptr, y.data_ptr(), nullptr, options);
@@ -200,27 +204,28 @@ void sweep_variants(double copy_gbps, int64_t rotate_bytes, int reps,
         y.fill_(std::numeric_limits<float>::quiet_NaN());
         const absl::Status status = launch(0);
         if (!status.ok()) {
-          std::printf("%-12s %5ld %7d %9d %6d %5d %6d %5d %4d %4d  not run: %s\n", shape.c_str(),
-                      static_cast<long>(batch), v.stages, v.row_tiles, v.warps, v.bits, v.direct,
-                      v.chunk, v.integer, v.k_split, std::string(status.message()).c_str());
+          std::printf("%-12s %5ld %7d %9d %6d %5d %6d %5d %4d %4d %4d  not run: %s\n",
+                      shape.c_str(), static_cast<long>(batch), v.stages, v.row_tiles, v.warps,
+                      v.bits, v.direct, v.chunk, v.integer, v.k_split, v.sum,
+                      std::string(status.message()).c_str());
           continue;
         }
         const double err = relative_error(y, ref);
         if (!(err < 1e-2)) {
           std::printf(
               "CHECK FAILED %s batch %ld stages %d row_tiles %d warps %d bits %d direct %d "
-              "chunk %d int %d ksp %d: %.3e\n",
+              "chunk %d int %d ksp %d sum %d: %.3e\n",
               shape.c_str(), static_cast<long>(batch), v.stages, v.row_tiles, v.warps, v.bits,
-              v.direct, v.chunk, v.integer, v.k_split, err);
+              v.direct, v.chunk, v.integer, v.k_split, v.sum, err);
           continue;
         }
         const double ms = median_ms(reps, [&](int i) { check(launch(i), "fp4_linear"); });
         const double gbps = packed_bytes / (ms / 1e3) / 1e9;
         std::printf(
-            "%-12s %5ld %7d %9d %6d %5d %6d %5d %4d %4d  %9.1f %9.1f %7.2fx %11.0f %7.0f%%\n",
+            "%-12s %5ld %7d %9d %6d %5d %6d %5d %4d %4d %4d  %9.1f %9.1f %7.2fx %11.0f %7.0f%%\n",
             shape.c_str(), static_cast<long>(batch), v.stages, v.row_tiles, v.warps, v.bits,
-            v.direct, v.chunk, v.integer, v.k_split, ms * 1e3, bf16_ms * 1e3, bf16_ms / ms, gbps,
-            100.0 * gbps / copy_gbps);
+            v.direct, v.chunk, v.integer, v.k_split, v.sum, ms * 1e3, bf16_ms * 1e3, bf16_ms / ms,
+            gbps, 100.0 * gbps / copy_gbps);
       }
     }
   }

@@ -1,3 +1,4 @@
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_pipeline.h>
@@ -927,17 +928,6 @@ __device__ __forceinline__ uint4 load_streaming(const uint8_t* src) {
   return v;
 }
 
-// The k-split kernel reads x from shared memory in 16-byte words: word w of x row `row` (w
-// counted from the row's start) is stored at w ^ x_word_swizzle(row, w), which moves it within
-// its aligned group of four. The 8 lanes of a quarter warp that read together (MMA groups 2i
-// and 2i + 1, lanes t = 0..3, one q) would otherwise fall in 2 groups of banks, 4-way
-// conflicts: lanes t and t ^ 2 differ only in bit 3 of w, and the two MMA groups in the row.
-// (The same swizzle in the direct kernel, where two segments conflict the same way, measured
-// slower on the H200: 51 -> 59 us at 28672 x 8192, batch 1; it is not used there.)
-__device__ __forceinline__ int x_word_swizzle(int row, int w) {
-  return ((w >> 3) & 1) | ((((w >> 4) ^ row) & 1) << 1);
-}
-
 template <int kRowTiles>
 struct DirectStage {
   uint4 codes[kRowTiles][2];      // the lane's 16 bytes of its two rows of each tile
@@ -1162,9 +1152,37 @@ constexpr int kKSplitMaxChunk = 2048;
 constexpr int64_t kKSplitDefaultMinRows = 8192;
 constexpr int kKSplitFinishThreads = 256;
 
-template <int kDepth>
+// The k-split kernel keeps x in shared memory with the four 16-byte words of each lane
+// transposed within a step: word w = 16 j + 4 t + q (step j, lane t, its word q) of a batch
+// row is stored at 16 j + 4 q + t, and rows are kKSplitXRowPad words longer than the chunk.
+// The 8 lanes of a quarter warp (two rows g, lanes t = 0..3) then read 8 different 16-byte
+// bank groups (t, and t + 4 for the odd row, as the row length is 4 mod 8), and a lane's
+// words lie at constant offsets from one pointer, so reading x takes no address arithmetic
+// beyond one add a step (the swizzle it replaces took ~25 instructions a warp-step).
+constexpr int kKSplitXRowPad = 4;
+__device__ __forceinline__ int k_split_x_word(int w) {
+  return (w & ~15) | ((w & 3) << 2) | ((w >> 2) & 3);
+}
+
+// Output b * n + row of the k-split kernel from its chunks' sum: the tensor scale, the 2^7 of
+// the bit decode and the bias, rounded to bf16 once.
+__device__ __forceinline__ void k_split_store(const LinearParams& p, int64_t i, float sum) {
+  sum *= p.tensor_scale * kE2m1OutputBias;
+  if (p.bias != nullptr) {
+    sum += Half<__nv_bfloat16>::to_float(static_cast<const uint16_t*>(p.bias)[i % p.n]);
+  }
+  static_cast<uint16_t*>(p.y)[i] = static_cast<uint16_t>(Half<__nv_bfloat16>::bits(sum));
+}
+
+// kCluster: the blocks of one chunk group (blockIdx.x / chunks) form a thread block cluster,
+// one block a chunk. Each warp keeps its tiles' float sums in its block's shared memory
+// (`tile_slots` tiles of 16 batch x 16 rows a warp) instead of the workspace; after a cluster
+// barrier every block adds a share of the group's outputs over the chunks, in chunk order,
+// through distributed shared memory, and writes y. No workspace, no second kernel.
+template <int kDepth, bool kCluster>
 __global__ void __launch_bounds__(kKSplitWarps * 32, 2)
-    k_split_linear_kernel(LinearParams p, int chunk_steps, int chunks, float* partial) {
+    k_split_linear_kernel(LinearParams p, int chunk_steps, int chunks, int tile_slots,
+                          float* partial) {
   constexpr int kRows = 16;
   extern __shared__ __align__(16) uint8_t smem[];
   uint4* const x_chunk = reinterpret_cast<uint4*>(smem);  // [16 batch rows][chunk_words]
@@ -1223,6 +1241,7 @@ __global__ void __launch_bounds__(kKSplitWarps * 32, 2)
   for (int s = 0; s < kDepth; ++s) load(ring[s]);
   // While the first steps load: the block's chunk of x, zero past the batch and past k.
   const int chunk_words = chunk_steps * (kStepK / 8);  // 16-byte words of one batch row
+  const int x_row_words = chunk_words + kKSplitXRowPad;
   for (int i = threadIdx.x; i < 16 * chunk_words; i += blockDim.x) {
     const int b = i / chunk_words;
     const int w = i % chunk_words;
@@ -1231,13 +1250,18 @@ __global__ void __launch_bounds__(kKSplitWarps * 32, 2)
                         ? __ldg(reinterpret_cast<const uint4*>(
                               static_cast<const __nv_bfloat16*>(p.x) + b * p.k + k))
                         : make_uint4(0, 0, 0, 0);
-    x_chunk[b * chunk_words + (w ^ x_word_swizzle(b, w))] =
+    x_chunk[b * x_row_words + k_split_x_word(w)] =
         make_uint4(__byte_perm(v.y, v.w, 0x7632), __byte_perm(v.y, v.w, 0x5410),
                    __byte_perm(v.x, v.z, 0x7632), __byte_perm(v.x, v.z, 0x5410));
   }
   __syncthreads();  // the only barrier: x stays put from here on
+  // Word q of the lane's four in step j sits at x_lane[bt] + 16 j + 4 q (k_split_x_word).
+  const uint4* const x_lane[2] = {x_chunk + g * x_row_words + t,
+                                  x_chunk + (g + 8) * x_row_words + t};
 
-  float* const chunk_partial = partial + int64_t{chunk} * p.batch * p.n;
+  // kCluster: [warp][tile slot][16 batch rows][16 rows] after x.
+  float* const slots = reinterpret_cast<float*>(x_chunk + 16 * x_row_words);
+  float* const chunk_partial = kCluster ? nullptr : partial + int64_t{chunk} * p.batch * p.n;
   for (int tile = 0; tile < my_tiles; ++tile) {
     const int64_t row0 = (warp_in_chunk + int64_t{tile} * warps_in_chunk) * kRows;
     float acc[2][4] = {};  // batch tiles 0..7 and 8..15
@@ -1249,12 +1273,10 @@ __global__ void __launch_bounds__(kKSplitWarps * 32, 2)
       uint32_t xp[2][16];  // batch rows g and g + 8: the lane's 32 k of this step
 #pragma unroll
       for (int bt = 0; bt < 2; ++bt) {
-        const int w = 16 * j + 4 * t;
-        const uint4* x_src = x_chunk + (g + 8 * bt) * chunk_words + w;
-        const int swizzle = x_word_swizzle(g + 8 * bt, w);
+        const uint4* x_src = x_lane[bt] + 16 * j;
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
-          const uint4 v = x_src[q ^ swizzle];
+          const uint4 v = x_src[4 * q];
           xp[bt][4 * q] = v.x;
           xp[bt][4 * q + 1] = v.y;
           xp[bt][4 * q + 2] = v.z;
@@ -1273,11 +1295,36 @@ __global__ void __launch_bounds__(kKSplitWarps * 32, 2)
     for (int bt = 0; bt < 2; ++bt) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const int64_t n = row0 + g + 8 * (i / 2);
+        const int r = g + 8 * (i / 2);
         const int b = 8 * bt + 2 * t + (i % 2);
-        if (b < p.batch && n < p.n) chunk_partial[b * p.n + n] = acc[bt][i];
+        if constexpr (kCluster) {
+          slots[((warp * tile_slots + tile) * 16 + b) * kRows + r] = acc[bt][i];
+        } else if (b < p.batch && row0 + r < p.n) {
+          chunk_partial[b * p.n + row0 + r] = acc[bt][i];
+        }
       }
     }
+  }
+  if constexpr (kCluster) {
+    cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+    cluster.sync();  // every chunk's sums are in place
+    // Item ((w * tile_slots + s) * 16 + b) * 16 + r: row r of slot s of warp w, batch row b.
+    // Slots past a warp's tiles hold garbage and have row0 >= n.
+    const int group = blockIdx.x / chunks;
+    const int items = kKSplitWarps * tile_slots * 16 * kRows;
+    for (int item = chunk * blockDim.x + threadIdx.x; item < items; item += chunks * blockDim.x) {
+      const int r = item % kRows;
+      const int b = item / kRows % 16;
+      const int slot = item / (16 * kRows);
+      const int64_t row0 = (int64_t{group} * kKSplitWarps + slot / tile_slots +
+                            int64_t{slot % tile_slots} * warps_in_chunk) *
+                           kRows;
+      if (b >= p.batch || row0 + r >= p.n) continue;
+      float sum = 0.0f;
+      for (int c = 0; c < chunks; ++c) sum += cluster.map_shared_rank(slots, c)[item];
+      k_split_store(p, int64_t{b} * p.n + row0 + r, sum);
+    }
+    cluster.sync();  // no block leaves while another reads its shared memory
   }
 }
 
@@ -1289,11 +1336,7 @@ __global__ void __launch_bounds__(kKSplitFinishThreads)
   if (i >= outputs) return;
   float sum = 0.0f;
   for (int c = 0; c < chunks; ++c) sum += partial[c * outputs + i];
-  sum *= p.tensor_scale * kE2m1OutputBias;
-  if (p.bias != nullptr) {
-    sum += Half<__nv_bfloat16>::to_float(static_cast<const uint16_t*>(p.bias)[i % p.n]);
-  }
-  static_cast<uint16_t*>(p.y)[i] = static_cast<uint16_t>(Half<__nv_bfloat16>::bits(sum));
+  k_split_store(p, i, sum);
 }
 
 // Whether the k-split kernel can take this call (see its comment).
@@ -1332,13 +1375,106 @@ absl::Status keep_workspace_pool(int device) {
   return absl::OkStatus();
 }
 
-// chunk: k of one chunk (a multiple of kStepK, at most kKSplitMaxChunk).
-absl::Status launch_k_split(const LinearParams& p, int depth, int chunk, int max_blocks,
+using KSplitKernel = void (*)(LinearParams, int, int, int, float*);
+
+// The most chunks the cluster sum takes: one block a chunk in a cluster, and 8 is the largest
+// cluster every GPU of compute capability 9.0 launches.
+constexpr int kKSplitMaxClusterChunks = 8;
+
+struct KSplitClusterPlan {
+  int64_t groups = 0;  // clusters: blocks a chunk
+  int tile_slots = 0;  // tiles a warp keeps
+  size_t smem = 0;
+};
+
+// The grid of the cluster sum: as many chunk groups as can run at once (2 blocks an SM at
+// most), each warp keeping all of its tiles' sums in shared memory. Cached per shape.
+absl::StatusOr<KSplitClusterPlan> plan_k_split_cluster(KSplitKernel kernel, int chunks,
+                                                       size_t x_smem, int64_t tiles,
+                                                       int max_blocks) {
+  if (chunks > kKSplitMaxClusterChunks) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("fp4_linear: k_split_sum = 1 takes at most ", kKSplitMaxClusterChunks,
+                     " chunks (one thread block cluster a chunk group); got ", chunks));
+  }
+  int device = 0;
+  VB_RETURN_IF_ERROR(cuda_status(cudaGetDevice(&device), "cudaGetDevice"));
+  using Key = std::tuple<KSplitKernel, int, int, size_t, int64_t, int>;
+  static std::mutex mutex;
+  static auto* plans = new std::map<Key, KSplitClusterPlan>();
+  const Key key{kernel, device, chunks, x_smem, tiles, max_blocks};
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (auto it = plans->find(key); it != plans->end()) return it->second;
+  }
+  int sms = 0;
+  VB_RETURN_IF_ERROR(cuda_status(
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "SM count"));
+  int64_t groups = std::max<int64_t>(1, int64_t{sms} * 2 / chunks);
+  groups = std::min<int64_t>(groups, (tiles + kKSplitWarps - 1) / kKSplitWarps);
+  if (max_blocks > 0) groups = std::min<int64_t>(groups, std::max(1, max_blocks / chunks));
+  // Fewer groups than asked fit: each warp then keeps more tiles, which takes more shared
+  // memory, so ask again until the answer holds (the count only falls).
+  while (true) {
+    KSplitClusterPlan plan;
+    plan.groups = groups;
+    const int64_t slots = (tiles + groups * kKSplitWarps - 1) / (groups * kKSplitWarps);
+    plan.smem = x_smem + sizeof(float) * kKSplitWarps * slots * 16 * 16;
+    VB_ASSIGN_OR_RETURN(const LaunchFacts facts, launch_facts(reinterpret_cast<const void*>(kernel),
+                                                              kKSplitWarps * 32, plan.smem));
+    if (facts.blocks_per_sm == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("fp4_linear: k_split_sum = 1 keeps ", slots, " tiles a warp, ", plan.smem,
+                       " bytes of shared memory a block; the GPU allows ", facts.smem_limit));
+    }
+    plan.tile_slots = static_cast<int>(slots);
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(static_cast<unsigned>(groups * chunks));
+    config.blockDim = dim3(kKSplitWarps * 32);
+    config.dynamicSmemBytes = plan.smem;
+    cudaLaunchAttribute cluster;
+    cluster.id = cudaLaunchAttributeClusterDimension;
+    cluster.val.clusterDim.x = chunks;
+    cluster.val.clusterDim.y = 1;
+    cluster.val.clusterDim.z = 1;
+    config.attrs = &cluster;
+    config.numAttrs = 1;
+    int fit = 0;
+    VB_RETURN_IF_ERROR(cuda_status(
+        cudaOccupancyMaxActiveClusters(&fit, reinterpret_cast<const void*>(kernel), &config),
+        "cudaOccupancyMaxActiveClusters"));
+    if (fit == 0) {
+      return absl::InvalidArgumentError(absl::StrCat("fp4_linear: k_split_sum = 1: no cluster of ",
+                                                     chunks, " blocks with ", plan.smem,
+                                                     " bytes of shared memory each fits the GPU"));
+    }
+    if (fit >= groups) {
+      std::lock_guard<std::mutex> lock(mutex);
+      plans->emplace(key, plan);
+      return plan;
+    }
+    groups = fit;
+  }
+}
+
+// chunk: k of one chunk (a multiple of kStepK, at most kKSplitMaxChunk). sum: 1 the cluster
+// sum; 0 the workspace; -1 the cluster sum where it can run on layers of kLargeLayerRows or
+// more, else the workspace. Measured on the H200 (docs/fp4.md), batch 16: 62.4 against 65.2 us
+// at 28672 x 8192, but 27.1 against 25.4 us at 8192 x 8192. Only 30 clusters of 8 blocks fit
+// at once where 33 groups of blocks do without clusters, so each warp takes more tiles: 3
+// instead of 2 at 8192 rows, where that tail outweighs the second kernel.
+absl::Status launch_k_split(const LinearParams& p, int depth, int chunk, int sum, int max_blocks,
                             cudaStream_t stream) {
-  void (*kernel)(LinearParams, int, int, float*) = nullptr;
-  if (depth == 2) kernel = k_split_linear_kernel<2>;
-  if (depth == 3) kernel = k_split_linear_kernel<3>;
-  if (kernel == nullptr) {
+  KSplitKernel workspace_kernel = nullptr, cluster_kernel = nullptr;
+  if (depth == 2) {
+    workspace_kernel = k_split_linear_kernel<2, false>;
+    cluster_kernel = k_split_linear_kernel<2, true>;
+  }
+  if (depth == 3) {
+    workspace_kernel = k_split_linear_kernel<3, false>;
+    cluster_kernel = k_split_linear_kernel<3, true>;
+  }
+  if (workspace_kernel == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat(
         "fp4_linear: no k-split kernel for pipeline_stages = ", depth, " (", kKSplitVariants, ")"));
   }
@@ -1348,17 +1484,40 @@ absl::Status launch_k_split(const LinearParams& p, int depth, int chunk, int max
   const int fewest_chunks = (steps + max_chunk_steps - 1) / max_chunk_steps;
   const int chunk_steps = (steps + fewest_chunks - 1) / fewest_chunks;
   const int chunks = (steps + chunk_steps - 1) / chunk_steps;
-  const size_t smem = size_t{16} * chunk_steps * kStepK * 2;
-  VB_ASSIGN_OR_RETURN(const LaunchFacts facts,
-                      launch_facts(reinterpret_cast<const void*>(kernel), kKSplitWarps * 32, smem));
+  const size_t x_smem = size_t{16} * (chunk_steps * kStepK * 2 + kKSplitXRowPad * 16);
+  const int64_t tiles = (p.n + 15) / 16;
+  if (sum == 1 || (sum == -1 && p.n >= kLargeLayerRows)) {
+    const absl::StatusOr<KSplitClusterPlan> plan =
+        plan_k_split_cluster(cluster_kernel, chunks, x_smem, tiles, max_blocks);
+    if (plan.ok()) {
+      cudaLaunchConfig_t config = {};
+      config.gridDim = dim3(static_cast<unsigned>(plan->groups * chunks));
+      config.blockDim = dim3(kKSplitWarps * 32);
+      config.dynamicSmemBytes = plan->smem;
+      config.stream = stream;
+      cudaLaunchAttribute cluster;
+      cluster.id = cudaLaunchAttributeClusterDimension;
+      cluster.val.clusterDim.x = chunks;
+      cluster.val.clusterDim.y = 1;
+      cluster.val.clusterDim.z = 1;
+      config.attrs = &cluster;
+      config.numAttrs = 1;
+      return cuda_status(cudaLaunchKernelEx(&config, cluster_kernel, p, chunk_steps, chunks,
+                                            plan->tile_slots, static_cast<float*>(nullptr)),
+                         "cudaLaunchKernelEx");
+    }
+    if (sum == 1 || !absl::IsInvalidArgument(plan.status())) return plan.status();
+  }
+  VB_ASSIGN_OR_RETURN(
+      const LaunchFacts facts,
+      launch_facts(reinterpret_cast<const void*>(workspace_kernel), kKSplitWarps * 32, x_smem));
   if (facts.blocks_per_sm == 0) {
-    return absl::InternalError(absl::StrCat("fp4_linear: the k-split kernel needs ", smem,
+    return absl::InternalError(absl::StrCat("fp4_linear: the k-split kernel needs ", x_smem,
                                             " bytes of shared memory a block; the GPU allows ",
                                             facts.smem_limit));
   }
   // As many blocks as fit the GPU at once, the same number for every chunk, at least one each,
   // and no more than a chunk's tiles can keep busy.
-  const int64_t tiles = (p.n + 15) / 16;
   int64_t per_chunk = std::max<int64_t>(1, int64_t{facts.sms} * facts.blocks_per_sm / chunks);
   per_chunk = std::min<int64_t>(per_chunk, (tiles + kKSplitWarps - 1) / kKSplitWarps);
   if (max_blocks > 0) per_chunk = std::min<int64_t>(per_chunk, std::max(1, max_blocks / chunks));
@@ -1380,8 +1539,8 @@ absl::Status launch_k_split(const LinearParams& p, int depth, int chunk, int max
         absl::StrCat("fp4_linear: the k-split kernel's workspace of ", workspace_bytes,
                      " bytes: ", cudaGetErrorString(e)));
   }
-  kernel<<<static_cast<int>(grid), kKSplitWarps * 32, smem, stream>>>(p, chunk_steps, chunks,
-                                                                      partial);
+  workspace_kernel<<<static_cast<int>(grid), kKSplitWarps * 32, x_smem, stream>>>(
+      p, chunk_steps, chunks, 0, partial);
   k_split_finish_kernel<<<static_cast<int>((outputs + kKSplitFinishThreads - 1) /
                                            kKSplitFinishThreads),
                           kKSplitFinishThreads, 0, stream>>>(p, chunks, partial);
@@ -1917,6 +2076,11 @@ absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t b
         kWhat, ": k_split_chunk = ", options.k_split_chunk,
         ": expected 0 (chosen) or a multiple of ", kStepK, " up to ", kKSplitMaxChunk));
   }
+  if (options.k_split_sum < -1 || options.k_split_sum > 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kWhat, ": k_split_sum = ", options.k_split_sum,
+                     ": expected -1 (chosen), 0 (workspace) or 1 (cluster)"));
+  }
   const bool k_split_fits = k_split_applies(p, type);
   if (options.k_split == 1) {
     if (!k_split_fits) {
@@ -1987,7 +2151,8 @@ absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t b
        asked_warps == 0)) {
     const int depth = options.pipeline_stages == -1 ? 2 : options.pipeline_stages;
     const int chunk = options.k_split_chunk != 0 ? options.k_split_chunk : kKSplitDefaultChunk;
-    VB_RETURN_IF_ERROR(launch_k_split(p, depth, chunk, options.max_blocks, stream));
+    VB_RETURN_IF_ERROR(
+        launch_k_split(p, depth, chunk, options.k_split_sum, options.max_blocks, stream));
     return launch_status(kWhat);
   }
   int stages = options.pipeline_stages;

@@ -116,6 +116,12 @@ struct LinearOptions {
   // k-split kernel: k of one chunk, a multiple of 128 up to 2048 (0: chosen, 1024). The last
   // chunk may be shorter; chunks are made as even as the 128-wide steps allow.
   int k_split_chunk = 0;
+  // k-split kernel: how the chunks' sums meet. 1: in shared memory, through a thread block
+  // cluster of one block a chunk (at most 8 chunks, and each warp's tiles' sums must fit its
+  // block's shared memory; INVALID_ARGUMENT otherwise): no workspace, no second kernel. 0: the
+  // workspace and the second kernel. -1: the cluster where it can run on layers of 16384 rows
+  // or more (measured faster there only), else the workspace.
+  int k_split_sum = -1;
 };
 
 // y[b, j] = sum_k x[b, k] * W[j, k] (+ bias[j]) for b < batch, j < n. x: [batch, k] (16-byte

@@ -182,6 +182,7 @@ struct LinearCase {
   int integer = -1;  // LinearOptions::integer
   int k_split = -1;  // LinearOptions::k_split
   int chunk = 0;     // LinearOptions::k_split_chunk
+  int sum = -1;      // LinearOptions::k_split_sum
 };
 
 void check_linear(const LinearCase& c, unsigned seed) {
@@ -193,7 +194,7 @@ void check_linear(const LinearCase& c, unsigned seed) {
       " max_blocks=" + std::to_string(c.max_blocks) + (c.bits ? "" : " table") +
       " direct=" + std::to_string(c.direct) + " chunk=" + std::to_string(c.chunk) +
       " integer=" + std::to_string(c.integer) + " k_split=" + std::to_string(c.k_split) +
-      (c.bias ? " +bias" : "");
+      " k_split_sum=" + std::to_string(c.sum) + (c.bias ? " +bias" : "");
   const std::vector<float> wf = gaussian(c.n * c.k, seed, 0.02f);
   auto q = cpu::quantize(wf.data(), c.n, c.k, c.format);
   ASSERT_TRUE(q.ok()) << q.status();
@@ -222,6 +223,7 @@ void check_linear(const LinearCase& c, unsigned seed) {
     options.integer = c.integer;
     options.k_split = c.k_split;
     options.k_split_chunk = c.chunk;
+    options.k_split_sum = c.sum;
     const absl::Status status =
         fp4_linear((*device)->view(), dx.get(), c.batch, c.type, c.bias ? dbias.get() : nullptr,
                    dy.get(), nullptr, options);
@@ -343,18 +345,23 @@ TEST(Fp4GpuTest, FusedLinearMatchesFloat64) {
     check_linear({Format::kNvfp4, 9000, 256, 4, type, true, 0, -1, 0, 5, true, 0, 1}, seed++);
     check_linear({Format::kNvfp4, 100, 8192, 4, type, true, 0, -1, 1, 0, true, 0, 1}, seed++);
   }
-  // The k-split kernel (NVFP4, bf16, batch <= 16), both depths and every chunk length (2048,
-  // the default 1024, 512): 1792 = 14 steps makes one chunk, 2 of 7, or 4 with a last of 2;
-  // 8192 makes 4, 8 or 16 even ones; 4224 = 33 steps makes 3 of 11, 5 with a last of 5, or 9
-  // with a last of 1. Also rows past n (200, 37 and 9000 are not multiples of 16), batches that
-  // leave MMA columns idle, and few blocks (max_blocks), so that each warp walks many tiles.
+  // The k-split kernel (NVFP4, bf16, batch <= 16), both depths, every chunk length (2048,
+  // the default 1024, 512) and both ways of adding the chunks: 1792 = 14 steps makes one chunk,
+  // 2 of 7, or 4 with a last of 2; 8192 makes 4, 8 or 16 even ones; 4224 = 33 steps makes 3 of
+  // 11, 5 with a last of 5, or 9 with a last of 1. Also rows past n (200, 37 and 9000 are not
+  // multiples of 16), batches that leave MMA columns idle, and few blocks (max_blocks), so that
+  // each warp walks many tiles. The cluster sum takes up to 8 chunks and keeps all of a warp's
+  // tiles in shared memory: 9000 rows on 7 blocks would take 36 or more a warp, which it
+  // refuses (KSplitSumsAgreeBitForBit checks a refusal): the entries with sum 1 skip that case.
   struct KSplit {
-    int depth, chunk;
+    int depth, chunk, sum;
   };
-  for (const KSplit& ks : std::vector<KSplit>{{2, 0}, {3, 0}, {2, 512}, {2, 2048}}) {
+  for (const KSplit& ks : std::vector<KSplit>{
+           {2, 0, -1}, {2, 0, 0}, {2, 0, 1}, {3, 0, 1}, {2, 512, -1}, {2, 2048, 1}}) {
     auto k_split_case = [&](int64_t n, int64_t k, int64_t batch, bool bias, int max_blocks) {
+      if (ks.sum == 1 && n * k > int64_t{1} << 24 && max_blocks > 0) return;
       check_linear({Format::kNvfp4, n, k, batch, Activation::kBf16, bias, 0, ks.depth, 0,
-                    max_blocks, true, 0, 0, 1, ks.chunk},
+                    max_blocks, true, 0, 0, 1, ks.chunk, ks.sum},
                    seed++);
     };
     for (int64_t batch : {1, 9, 16}) k_split_case(200, 1792, batch, batch != 9, 0);
@@ -593,6 +600,8 @@ TEST(Fp4OptionsTest, RefusesBadOptionsWithoutAGpu) {
        with([](LinearOptions& o) { o.k_split_chunk = -128; })},
       {"k_split_chunk = 4096", nvfp4, 16, Activation::kBf16,
        with([](LinearOptions& o) { o.k_split_chunk = 4096; })},
+      {"k_split_sum = 2", nvfp4, 16, Activation::kBf16,
+       with([](LinearOptions& o) { o.k_split_sum = 2; })},
       {"got nf4 bf16", nf4, 16, Activation::kBf16, with([](LinearOptions& o) { o.k_split = 1; })},
       {"got nvfp4 fp16", nvfp4, 16, Activation::kFp16,
        with([](LinearOptions& o) { o.k_split = 1; })},
@@ -773,6 +782,74 @@ TEST(Fp4GpuTest, FusedLinearRefusesBadArguments) {
               absl::string_view::npos)
         << ks_chunk;
   }
+  k_split.k_split_chunk = 0;
+  k_split.k_split_sum = 2;
+  const absl::Status ks_sum =
+      direct_call(**device128, x16.get(), 16, Activation::kBf16, y16.get(), k_split);
+  EXPECT_NE(ks_sum.message().find("k_split_sum = 2"), absl::string_view::npos) << ks_sum;
+}
+
+// The two ways of adding the k-split kernel's chunks give the same bits: both add the chunks'
+// float sums in chunk order. And the cluster sum refuses more chunks than a cluster takes.
+TEST(Fp4GpuTest, KSplitSumsAgreeBitForBit) {
+  SKIP_WITHOUT_GPU();
+  struct Shape {
+    int64_t n, k, batch;
+    int max_blocks;
+  };
+  unsigned seed = 900;
+  for (const Shape& s :
+       std::vector<Shape>{{4099, 8192, 16, 0}, {200, 4224, 9, 0}, {1000, 1024, 13, 5}}) {
+    const std::vector<float> wf = gaussian(s.n * s.k, seed++, 0.02f);
+    auto q = cpu::quantize(wf.data(), s.n, s.k, Format::kNvfp4);
+    ASSERT_TRUE(q.ok()) << q.status();
+    auto device = DeviceWeight::upload(*q);
+    ASSERT_TRUE(device.ok()) << device.status();
+    std::vector<uint16_t> x, bias;
+    for (float v : gaussian(s.batch * s.k, seed++, 1.0f)) x.push_back(cpu::float_to_bf16_bits(v));
+    for (float v : gaussian(s.n, seed++, 0.1f)) bias.push_back(cpu::float_to_bf16_bits(v));
+    Buffer dx(x.size() * 2), dbias(s.n * 2), dy(s.batch * s.n * 2);
+    dx.upload(x);
+    dbias.upload(bias);
+    std::vector<std::vector<uint16_t>> outputs;
+    for (int sum : {0, 1}) {
+      LinearOptions options;
+      options.k_split = 1;
+      options.k_split_sum = sum;
+      options.max_blocks = s.max_blocks;
+      dy.poison();
+      const absl::Status status =
+          fp4_linear((*device)->view(), dx.get(), s.batch, Activation::kBf16, dbias.get(), dy.get(),
+                     nullptr, options);
+      ASSERT_TRUE(status.ok()) << "k_split_sum = " << sum << ": " << status;
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      outputs.push_back(dy.download<uint16_t>(s.batch * s.n));
+    }
+    int64_t differ = 0;
+    for (size_t i = 0; i < outputs[0].size(); ++i) differ += outputs[0][i] != outputs[1][i];
+    EXPECT_EQ(differ, 0) << "n=" << s.n << " k=" << s.k << " batch=" << s.batch;
+  }
+  // k = 8192 in chunks of 512 is 16 chunks: the cluster sum refuses, the default falls back.
+  const std::vector<float> wf = gaussian(64 * 8192, seed++, 0.02f);
+  auto q = cpu::quantize(wf.data(), 64, 8192, Format::kNvfp4);
+  ASSERT_TRUE(q.ok()) << q.status();
+  auto device = DeviceWeight::upload(*q);
+  ASSERT_TRUE(device.ok()) << device.status();
+  Buffer dx(16 * 8192 * 2), dy(16 * 64 * 2);
+  dx.upload(std::vector<uint16_t>(16 * 8192, cpu::float_to_bf16_bits(0.5f)));
+  LinearOptions options;
+  options.k_split = 1;
+  options.k_split_chunk = 512;
+  options.k_split_sum = 1;
+  const absl::Status refused = fp4_linear((*device)->view(), dx.get(), 16, Activation::kBf16,
+                                          nullptr, dy.get(), nullptr, options);
+  EXPECT_TRUE(absl::IsInvalidArgument(refused)) << refused;
+  EXPECT_NE(refused.message().find("at most 8 chunks"), absl::string_view::npos) << refused;
+  EXPECT_NE(refused.message().find("got 16"), absl::string_view::npos) << refused;
+  options.k_split_sum = -1;
+  EXPECT_TRUE(fp4_linear((*device)->view(), dx.get(), 16, Activation::kBf16, nullptr, dy.get(),
+                         nullptr, options)
+                  .ok());
 }
 
 }  // namespace
