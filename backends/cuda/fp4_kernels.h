@@ -12,8 +12,9 @@
 //    kernels: the register kernel (any k), the staged kernel (a cp.async ring in shared
 //    memory), the direct kernel (NVFP4 + bf16, batch <= 8: loads straight into registers), the
 //    integer kernel (NVFP4, batch <= 4: 8-bit integer MMA on exact block sums) and the k-split
-//    kernel (NVFP4 + bf16, batch <= 16: blocks own chunks of k, a second kernel adds them);
-//    LinearOptions picks one, the defaults are the measured best (docs/fp4.md).
+//    kernel (NVFP4 + bf16, batch <= 16: blocks own chunks of k, added in a thread block
+//    cluster or by a second kernel); LinearOptions picks one, the defaults are the measured best
+//    (docs/fp4.md).
 //  - Above 16 rows, callers dequantize to bf16 into a scratch buffer (dequantize_to_bf16) and
 //    run a bf16 GEMM (cuBLAS); docs/fp4.md says where that crosses over.
 //
