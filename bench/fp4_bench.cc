@@ -665,6 +665,19 @@ int main(int argc, char** argv) {
                       use_fused ? "fused" : "dequant+gemm");
         }
       }
+      // The dequantization alone, as bytes read + written against the device-to-device copy
+      // (which also reads and writes each byte once).
+      const double dequant_ms = median_ms(reps, [&](int i) {
+        check(fp4::dequantize_to_bf16(w4[i % copies].view,
+                                      static_cast<uint16_t*>(scratch.data_ptr()), nullptr),
+              "dequantize_to_bf16");
+      });
+      const double moved_gbps = (packed_bytes + n * k * 2) / (dequant_ms / 1e3) / 1e9;
+      std::printf(
+          "%-7s %-12s dequantize to bf16 alone: %.1f us, %.0f GB/s read + write, %.0f%% "
+          "of copy\n",
+          vb::backends::fp4::format_name(format), shape.c_str(), dequant_ms * 1e3, moved_gbps,
+          100.0 * moved_gbps / copy_gbps);
     }
   }
   return 0;

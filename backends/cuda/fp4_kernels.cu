@@ -27,52 +27,65 @@ using backends::fp4::has_byte_scales;
 using backends::fp4::scale_element;
 
 // ---------------------------------------------------------------------------------------
-// Dequantization: one thread per 16 elements (8 code bytes, always inside one row and one
-// block since k is a multiple of 16), written as 4 float4 or 2 x 16 bytes of bf16.
+// Dequantization: one thread per 8 elements (4 code bytes, always inside one row and one
+// block: k and every block size are multiples of 16), so that a warp's store is 512
+// contiguous bytes of bf16 (1 KiB of float) and its code load 128 contiguous bytes. Each
+// thread takes kDequantUnroll such groups a pass, loading all of them before it converts any,
+// so that several loads are in flight. (One thread per 16 elements, storing 2 x 16 bytes 32
+// bytes apart, streamed at 2.6-2.9 TB/s of read + write on the H200.)
 
 constexpr int kDequantThreads = 256;
+constexpr int kDequantUnroll = 4;
 
 template <Format F, bool kBf16>
 __global__ void __launch_bounds__(kDequantThreads)
     dequantize_kernel(const uint8_t* __restrict__ codes, const void* __restrict__ scales,
-                      float tensor_scale, int64_t k, int64_t groups, void* __restrict__ out) {
+                      float tensor_scale, uint32_t octets_per_row, int64_t octets,
+                      void* __restrict__ out) {
   __shared__ float elements[16];
   if (threadIdx.x < 16) elements[threadIdx.x] = element_to_float(F, threadIdx.x);
   __syncthreads();
-  constexpr int kBlock = block_size(F);
-  const int64_t blocks_per_row = k / kBlock;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < groups;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t first = i * 16;
-    const int64_t row = first / k;
-    const int64_t block = (first - row * k) / kBlock;
-    const int64_t scale_index = row * blocks_per_row + block;
-    const uint32_t scale_bits = has_byte_scales(F)
-                                    ? uint32_t{static_cast<const uint8_t*>(scales)[scale_index]}
-                                    : static_cast<const uint32_t*>(scales)[scale_index];
-    const uint2 packed = reinterpret_cast<const uint2*>(codes)[i];
-    float v[16];
+  constexpr int kOctetsPerBlock = block_size(F) / 8;
+  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
+  for (int64_t base = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; base < octets;
+       base += kDequantUnroll * stride) {
+    uint32_t words[kDequantUnroll], scale_bits[kDequantUnroll];
 #pragma unroll
-    for (int e = 0; e < 16; ++e) {
-      const uint32_t word = e < 8 ? packed.x : packed.y;
-      const uint32_t code = (word >> (4 * (e % 8))) & 15u;
-      v[e] = scale_element(F, elements[code], scale_bits, tensor_scale);
+    for (int u = 0; u < kDequantUnroll; ++u) {
+      const int64_t i = base + u * stride;  // octet i: elements 8i .. 8i + 7
+      if (i >= octets) break;
+      // 32-bit division: the host keeps octets below 2^32.
+      const uint32_t row = static_cast<uint32_t>(i) / octets_per_row;
+      const uint32_t column = static_cast<uint32_t>(i) - row * octets_per_row;
+      const int64_t scale_index =
+          int64_t{row} * (octets_per_row / kOctetsPerBlock) + column / kOctetsPerBlock;
+      words[u] = reinterpret_cast<const uint32_t*>(codes)[i];
+      scale_bits[u] = has_byte_scales(F)
+                          ? uint32_t{static_cast<const uint8_t*>(scales)[scale_index]}
+                          : static_cast<const uint32_t*>(scales)[scale_index];
     }
-    if constexpr (kBf16) {
-      uint32_t h[8];
+#pragma unroll
+    for (int u = 0; u < kDequantUnroll; ++u) {
+      const int64_t i = base + u * stride;
+      if (i >= octets) break;
+      float v[8];
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
-        const __nv_bfloat162 pair = __floats2bfloat162_rn(v[2 * e], v[2 * e + 1]);
-        std::memcpy(&h[e], &pair, 4);
+        v[e] = scale_element(F, elements[(words[u] >> (4 * e)) & 15u], scale_bits[u], tensor_scale);
       }
-      uint4* o = reinterpret_cast<uint4*>(static_cast<uint16_t*>(out) + first);
-      o[0] = make_uint4(h[0], h[1], h[2], h[3]);
-      o[1] = make_uint4(h[4], h[5], h[6], h[7]);
-    } else {
-      float4* o = reinterpret_cast<float4*>(static_cast<float*>(out) + first);
+      if constexpr (kBf16) {
+        uint32_t h[4];
 #pragma unroll
-      for (int q = 0; q < 4; ++q)
-        o[q] = make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
+        for (int e = 0; e < 4; ++e) {
+          const __nv_bfloat162 pair = __floats2bfloat162_rn(v[2 * e], v[2 * e + 1]);
+          std::memcpy(&h[e], &pair, 4);
+        }
+        reinterpret_cast<uint4*>(out)[i] = make_uint4(h[0], h[1], h[2], h[3]);
+      } else {
+        float4* o = reinterpret_cast<float4*>(out) + 2 * i;
+        o[0] = make_float4(v[0], v[1], v[2], v[3]);
+        o[1] = make_float4(v[4], v[5], v[6], v[7]);
+      }
     }
   }
 }
@@ -115,25 +128,30 @@ absl::Status dequantize(const DeviceWeightView& w, void* out, cudaStream_t strea
   if (reinterpret_cast<uintptr_t>(out) % 16 != 0) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": out is not 16-byte aligned"));
   }
-  const int64_t groups = w.n * w.k / 16;
-  if (groups == 0) return absl::OkStatus();
-  const int grid = grid_for(groups, kDequantThreads);
+  const int64_t octets = w.n * w.k / 8;
+  if (octets == 0) return absl::OkStatus();
+  if (octets >= (int64_t{1} << 32)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": n * k = ", w.n * w.k, " elements; at most 2^35 - 8 are taken"));
+  }
+  const int grid = grid_for((octets + kDequantUnroll - 1) / kDequantUnroll, kDequantThreads);
+  const auto octets_per_row = static_cast<uint32_t>(w.k / 8);
   switch (w.format) {
     case Format::kNvfp4:
       dequantize_kernel<Format::kNvfp4, kBf16><<<grid, kDequantThreads, 0, stream>>>(
-          w.codes, w.scales, w.tensor_scale, w.k, groups, out);
+          w.codes, w.scales, w.tensor_scale, octets_per_row, octets, out);
       break;
     case Format::kMxfp4:
       dequantize_kernel<Format::kMxfp4, kBf16><<<grid, kDequantThreads, 0, stream>>>(
-          w.codes, w.scales, w.tensor_scale, w.k, groups, out);
+          w.codes, w.scales, w.tensor_scale, octets_per_row, octets, out);
       break;
     case Format::kNf4:
       dequantize_kernel<Format::kNf4, kBf16><<<grid, kDequantThreads, 0, stream>>>(
-          w.codes, w.scales, w.tensor_scale, w.k, groups, out);
+          w.codes, w.scales, w.tensor_scale, octets_per_row, octets, out);
       break;
     case Format::kBnbFp4:
       dequantize_kernel<Format::kBnbFp4, kBf16><<<grid, kDequantThreads, 0, stream>>>(
-          w.codes, w.scales, w.tensor_scale, w.k, groups, out);
+          w.codes, w.scales, w.tensor_scale, octets_per_row, octets, out);
       break;
   }
   return launch_status(what);
@@ -1148,8 +1166,14 @@ constexpr int kKSplitWarps = 8;
 // memory a block).
 constexpr int kKSplitDefaultChunk = 1024;
 constexpr int kKSplitMaxChunk = 2048;
-// The default from this many rows up (the staged kernel below: one launch, no workspace).
+// The default from this many rows up (the staged kernel below: one launch, no workspace),
+// for more than 8 batch rows; from kLargeLayerRows rows (where it adds its chunks in a
+// cluster), for more than kKSplitLargeLayerMinBatch - 1. Measured on the H200 at
+// 28672 x 8192 (docs/fp4.md): 60.7 / 60.9 us at 7 / 8 rows against the staged kernel's
+// 62.0 / 62.9, a tie at 5 and 6 rows; at 8192 x 8192 it is slower below 9 rows (24.2-24.7
+// against 19.1-20.0 us).
 constexpr int64_t kKSplitDefaultMinRows = 8192;
+constexpr int64_t kKSplitLargeLayerMinBatch = 7;
 constexpr int kKSplitFinishThreads = 256;
 
 // The k-split kernel keeps x in shared memory with the four 16-byte words of each lane
@@ -2040,8 +2064,9 @@ absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t b
   // The defaults, as measured on the H200 (docs/fp4.md), where the other fields leave the
   // choice open: on layers of kLargeLayerRows rows or more, the integer kernel for one fp16
   // batch row and the direct kernel with two segments up to kDirectDefaultMaxBatch bf16 batch
-  // rows; from kKSplitDefaultMinRows rows, the k-split kernel from 9 bf16 batch rows; else the
-  // staged kernel wherever it applies, and the register kernel.
+  // rows; from kKSplitDefaultMinRows rows, the k-split kernel from 9 bf16 batch rows (from
+  // kKSplitLargeLayerMinBatch on kLargeLayerRows rows or more); else the staged kernel
+  // wherever it applies, and the register kernel.
   if (options.direct < -1 || options.direct > 2) {
     return absl::InvalidArgumentError(absl::StrCat(kWhat, ": direct = ", options.direct,
                                                    ": expected -1 (chosen), 0 (never), 1 or 2"));
@@ -2146,7 +2171,9 @@ absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t b
     return launch_status(kWhat);
   }
   if (options.k_split == 1 ||
-      (options.k_split == -1 && k_split_fits && batch > 8 && weight.n >= kKSplitDefaultMinRows &&
+      (options.k_split == -1 && k_split_fits &&
+       ((batch > 8 && weight.n >= kKSplitDefaultMinRows) ||
+        (batch >= kKSplitLargeLayerMinBatch && weight.n >= kLargeLayerRows)) &&
        options.row_tiles == 0 && options.pipeline_stages == -1 && options.bit_decode &&
        asked_warps == 0)) {
     const int depth = options.pipeline_stages == -1 ? 2 : options.pipeline_stages;

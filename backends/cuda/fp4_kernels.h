@@ -110,9 +110,10 @@ struct LinearOptions {
   // into chunks (k_split_chunk), each block keeps one chunk of x in shared memory and its warps
   // walk 16-row tiles over it without a barrier; float partial sums go to a stream-ordered
   // workspace (cudaMallocAsync, 4 * chunks * batch * n bytes) that a second kernel adds up in
-  // chunk order. 1: use it (INVALID_ARGUMENT where it cannot run; 8 warps, row_tiles 1,
-  // pipeline_stages -1, 2 or 3); 0: never; -1: chosen for 9..16 batch rows on layers of 8192
-  // rows or more, where the other fields leave the choice open.
+  // chunk order, or in shared memory through a thread block cluster (k_split_sum). 1: use it
+  // (INVALID_ARGUMENT where it cannot run; 8 warps, row_tiles 1, pipeline_stages -1, 2 or 3);
+  // 0: never; -1: chosen for 9..16 batch rows on layers of 8192 rows or more and for 7..16 on
+  // layers of 16384 or more, where the other fields leave the choice open.
   int k_split = -1;
   // k-split kernel: k of one chunk, a multiple of 128 up to 2048 (0: chosen, 1024). The last
   // chunk may be shorter; chunks are made as even as the 128-wide steps allow.

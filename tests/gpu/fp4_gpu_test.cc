@@ -371,10 +371,11 @@ TEST(Fp4GpuTest, FusedLinearMatchesFloat64) {
     k_split_case(9000, 4224, 5, true, 7);
   }
   // The defaults from 16384 rows: the integer kernel for one fp16 batch row, the direct kernel
-  // with two segments up to 4 bf16 batch rows; from 8192 rows, the k-split kernel from 9 (each
-  // measured faster there only).
+  // with two segments up to 4 bf16 batch rows, the k-split kernel (cluster sum) from 7; from
+  // 8192 rows, the k-split kernel from 9 (each measured faster there only).
   check_linear({Format::kNvfp4, 16384, 256, 3, Activation::kBf16, true, 0}, seed++);
   check_linear({Format::kNvfp4, 16384, 256, 1, Activation::kFp16, true, 0}, seed++);
+  check_linear({Format::kNvfp4, 16384, 256, 7, Activation::kBf16, true, 0}, seed++);
   check_linear({Format::kNvfp4, 16384, 128, 13, Activation::kBf16, true, 0}, seed++);
 }
 
