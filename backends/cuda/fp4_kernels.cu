@@ -1405,6 +1405,27 @@ using KSplitKernel = void (*)(LinearParams, int, int, int, float*);
 // cluster every GPU of compute capability 9.0 launches.
 constexpr int kKSplitMaxClusterChunks = 8;
 
+// The launch configuration of the cluster sum: one cluster of `chunks` blocks a chunk group.
+// Not copyable: `config` points at `cluster`.
+struct KSplitClusterLaunch {
+  cudaLaunchConfig_t config = {};
+  cudaLaunchAttribute cluster = {};
+  KSplitClusterLaunch(int64_t groups, int chunks, size_t smem, cudaStream_t stream) {
+    config.gridDim = dim3(static_cast<unsigned>(groups * chunks));
+    config.blockDim = dim3(kKSplitWarps * 32);
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    cluster.id = cudaLaunchAttributeClusterDimension;
+    cluster.val.clusterDim.x = chunks;
+    cluster.val.clusterDim.y = 1;
+    cluster.val.clusterDim.z = 1;
+    config.attrs = &cluster;
+    config.numAttrs = 1;
+  }
+  KSplitClusterLaunch(const KSplitClusterLaunch&) = delete;
+  KSplitClusterLaunch& operator=(const KSplitClusterLaunch&) = delete;
+};
+
 struct KSplitClusterPlan {
   int64_t groups = 0;  // clusters: blocks a chunk
   int tile_slots = 0;  // tiles a warp keeps
@@ -1452,20 +1473,10 @@ absl::StatusOr<KSplitClusterPlan> plan_k_split_cluster(KSplitKernel kernel, int 
                        " bytes of shared memory a block; the GPU allows ", facts.smem_limit));
     }
     plan.tile_slots = static_cast<int>(slots);
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(static_cast<unsigned>(groups * chunks));
-    config.blockDim = dim3(kKSplitWarps * 32);
-    config.dynamicSmemBytes = plan.smem;
-    cudaLaunchAttribute cluster;
-    cluster.id = cudaLaunchAttributeClusterDimension;
-    cluster.val.clusterDim.x = chunks;
-    cluster.val.clusterDim.y = 1;
-    cluster.val.clusterDim.z = 1;
-    config.attrs = &cluster;
-    config.numAttrs = 1;
+    const KSplitClusterLaunch launch(groups, chunks, plan.smem, nullptr);
     int fit = 0;
     VB_RETURN_IF_ERROR(cuda_status(
-        cudaOccupancyMaxActiveClusters(&fit, reinterpret_cast<const void*>(kernel), &config),
+        cudaOccupancyMaxActiveClusters(&fit, reinterpret_cast<const void*>(kernel), &launch.config),
         "cudaOccupancyMaxActiveClusters"));
     if (fit == 0) {
       return absl::InvalidArgumentError(absl::StrCat("fp4_linear: k_split_sum = 1: no cluster of ",
@@ -1514,19 +1525,8 @@ absl::Status launch_k_split(const LinearParams& p, int depth, int chunk, int sum
     const absl::StatusOr<KSplitClusterPlan> plan =
         plan_k_split_cluster(cluster_kernel, chunks, x_smem, tiles, max_blocks);
     if (plan.ok()) {
-      cudaLaunchConfig_t config = {};
-      config.gridDim = dim3(static_cast<unsigned>(plan->groups * chunks));
-      config.blockDim = dim3(kKSplitWarps * 32);
-      config.dynamicSmemBytes = plan->smem;
-      config.stream = stream;
-      cudaLaunchAttribute cluster;
-      cluster.id = cudaLaunchAttributeClusterDimension;
-      cluster.val.clusterDim.x = chunks;
-      cluster.val.clusterDim.y = 1;
-      cluster.val.clusterDim.z = 1;
-      config.attrs = &cluster;
-      config.numAttrs = 1;
-      return cuda_status(cudaLaunchKernelEx(&config, cluster_kernel, p, chunk_steps, chunks,
+      const KSplitClusterLaunch launch(plan->groups, chunks, plan->smem, stream);
+      return cuda_status(cudaLaunchKernelEx(&launch.config, cluster_kernel, p, chunk_steps, chunks,
                                             plan->tile_slots, static_cast<float*>(nullptr)),
                          "cudaLaunchKernelEx");
     }
