@@ -1152,15 +1152,16 @@ absl::Status launch_direct(const LinearParams& p, int segments, int row_tiles, i
 // of 512 k (the row-split kernel), made all 8 warps of a block meet at a barrier every 4 steps
 // and had too few blocks for 8192 rows: 89.5 us at 28672 x 8192, 68.7 us at 8192 x 8192 (H200,
 // batch 16). Here k is cut into chunks, and every block takes one chunk: it stages that chunk of
-// x (16 batch rows, permuted for e2m1_word_bits, swizzled against bank conflicts) once, and its
+// x (16 batch rows, permuted for e2m1_word_bits, laid out by k_split_x_word) once, and its
 // warps then walk tiles of 16 rows over the chunk with no barrier at all, codes and scales
 // loaded straight into registers kDepth steps ahead (the load sequence runs on across a warp's
 // tiles): 73.7 us with chunks of 2048 k, 68.2 us with 1024 (more, shorter tiles: the last ones
 // leave fewer warps idle). Two row tiles a warp (x read once for 32 rows) need more than the 128
-// registers that two blocks an SM allow, and spill. Each warp writes its float sums of a tile to
-// a workspace, [chunk][batch row][n]; a second kernel adds the chunks in order (the result does
-// not depend on timing), applies the tensor scale and the bias and writes y. Every weight byte
-// is still read once.
+// registers that two blocks an SM allow, and spill. The chunks' float sums meet either in
+// shared memory, through a thread block cluster of one block a chunk (kCluster), or in a
+// workspace, [chunk][batch row][n], that a second kernel adds up; both add the chunks in order
+// (the result does not depend on timing), apply the tensor scale and the bias and write y.
+// Every weight byte is still read once.
 constexpr int kKSplitWarps = 8;
 // Chunks of 1024 k by default; at most 2048 (16 batch rows x 2048 k of bf16 x: 64 KiB of shared
 // memory a block).
