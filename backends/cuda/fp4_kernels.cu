@@ -1373,33 +1373,6 @@ bool k_split_applies(const LinearParams& p, Activation type) {
 
 constexpr const char* kKSplitVariants = "built: pipeline_stages 2 or 3, row_tiles 1, 8 warps";
 
-// The stream-ordered pool the workspace comes from keeps up to this much once freed, so that
-// a call does not map and unmap memory every time (the default threshold is 0: everything
-// back to the driver at each synchronization).
-constexpr uint64_t kWorkspacePoolKeepBytes = uint64_t{256} << 20;
-
-absl::Status keep_workspace_pool(int device) {
-  static std::mutex mutex;
-  static auto* kept = new std::map<int, bool>();
-  std::lock_guard<std::mutex> lock(mutex);
-  if ((*kept)[device]) return absl::OkStatus();
-  cudaMemPool_t pool = nullptr;
-  VB_RETURN_IF_ERROR(
-      cuda_status(cudaDeviceGetDefaultMemPool(&pool, device), "cudaDeviceGetDefaultMemPool"));
-  uint64_t threshold = 0;
-  VB_RETURN_IF_ERROR(
-      cuda_status(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold),
-                  "cudaMemPoolGetAttribute"));
-  if (threshold < kWorkspacePoolKeepBytes) {  // never lowered: another user may want more
-    threshold = kWorkspacePoolKeepBytes;
-    VB_RETURN_IF_ERROR(
-        cuda_status(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold),
-                    "cudaMemPoolSetAttribute"));
-  }
-  (*kept)[device] = true;
-  return absl::OkStatus();
-}
-
 using KSplitKernel = void (*)(LinearParams, int, int, int, float*);
 
 // The most chunks the cluster sum takes: one block a chunk in a cluster, and 8 is the largest
@@ -1552,7 +1525,7 @@ absl::Status launch_k_split(const LinearParams& p, int depth, int chunk, int sum
   }
   int device = 0;
   VB_RETURN_IF_ERROR(cuda_status(cudaGetDevice(&device), "cudaGetDevice"));
-  VB_RETURN_IF_ERROR(keep_workspace_pool(device));
+  VB_RETURN_IF_ERROR(keep_scratch_pool(device));
   const int64_t outputs = int64_t{p.batch} * p.n;
   float* partial = nullptr;
   const size_t workspace_bytes = sizeof(float) * chunks * outputs;
@@ -1982,6 +1955,33 @@ void launch_fused(const LinearParams& p, int threads, cudaStream_t stream) {
 }
 
 }  // namespace
+
+// The stream-ordered pool scratch memory comes from keeps up to this much once freed, so that
+// a call does not map and unmap memory every time (the default threshold is 0: everything
+// back to the driver at each synchronization).
+constexpr uint64_t kScratchPoolKeepBytes = uint64_t{256} << 20;
+
+absl::Status keep_scratch_pool(int device) {
+  static std::mutex mutex;
+  static auto* kept = new std::map<int, bool>();
+  std::lock_guard<std::mutex> lock(mutex);
+  if ((*kept)[device]) return absl::OkStatus();
+  cudaMemPool_t pool = nullptr;
+  VB_RETURN_IF_ERROR(
+      cuda_status(cudaDeviceGetDefaultMemPool(&pool, device), "cudaDeviceGetDefaultMemPool"));
+  uint64_t threshold = 0;
+  VB_RETURN_IF_ERROR(
+      cuda_status(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold),
+                  "cudaMemPoolGetAttribute"));
+  if (threshold < kScratchPoolKeepBytes) {  // never lowered: another user may want more
+    threshold = kScratchPoolKeepBytes;
+    VB_RETURN_IF_ERROR(
+        cuda_status(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold),
+                    "cudaMemPoolSetAttribute"));
+  }
+  (*kept)[device] = true;
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::unique_ptr<DeviceWeight>> DeviceWeight::upload(
     const backends::fp4::PackedWeight& weight) {

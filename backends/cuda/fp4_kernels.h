@@ -15,8 +15,11 @@
 //    kernel (NVFP4 + bf16, batch <= 16: blocks own chunks of k, added in a thread block
 //    cluster or by a second kernel); LinearOptions picks one, the defaults are the measured best
 //    (docs/fp4.md).
-//  - Above 16 rows, callers dequantize to bf16 into a scratch buffer (dequantize_to_bf16) and
-//    run a bf16 GEMM (cuBLAS); docs/fp4.md says where that crosses over.
+//  - fp4_gemm (fp4_gemm.cu): above 16 rows, NVFP4 with bf16 activations on Hopper, a
+//    warpgroup-MMA (wgmma) GEMM that decodes the packed weight into its A operand, fed by the
+//    tensor memory accelerator. Where it does not apply (fp4_gemm_supported says why), callers
+//    dequantize to bf16 into a scratch buffer (dequantize_to_bf16) and run a bf16 GEMM
+//    (cuBLAS); docs/fp4.md has the measurements.
 //
 // Precision of fp4_linear: NVFP4 and MXFP4 weights (element x block scale) are exact in bf16;
 // NF4 and bnb_fp4 table values and absmax are rounded to the 16-bit type (relative 2^-9 in
@@ -132,5 +135,23 @@ struct LinearOptions {
 absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t batch,
                         Activation type, const void* bias, void* y, cudaStream_t stream,
                         LinearOptions options = {});
+
+// OK where fp4_gemm can run this weight at this batch on the current device: NVFP4, bf16
+// activations, k a positive multiple of 256, codes and scales 16-byte aligned, a compute
+// capability 9.0 GPU (the kernel is built for sm_90a). Otherwise INVALID_ARGUMENT or
+// FAILED_PRECONDITION naming the field and what was expected.
+absl::Status fp4_gemm_supported(const DeviceWeightView& weight, int64_t batch, Activation type);
+
+// y[b, j] = sum_k x[b, k] * W[j, k] (+ bias[j]) for any batch >= 1 (meant for batch > 16,
+// where the fp4_linear kernels stop), float32 accumulation, each output rounded to bf16 once.
+// x: [batch, k] bf16, 16-byte aligned; bias: n bf16 values or null; y: [batch, n] bf16. Takes
+// batch * k * 2 bytes of stream-ordered scratch memory for x in the decode's k order.
+absl::Status fp4_gemm(const DeviceWeightView& weight, const void* x, int64_t batch, Activation type,
+                      const void* bias, void* y, cudaStream_t stream);
+
+// Makes the device's default stream-ordered memory pool keep freed scratch memory (the k-split
+// workspace, fp4_gemm's permuted x) instead of returning it to the driver at every
+// synchronization. Called by the kernels that take scratch memory.
+absl::Status keep_scratch_pool(int device);
 
 }  // namespace vb::backends::cuda::fp4

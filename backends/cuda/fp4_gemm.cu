@@ -1,0 +1,563 @@
+// fp4_gemm: y = x W^T (+ bias) for NVFP4 weights and bf16 activations at batches above
+// kFusedMaxBatch, on Hopper's warpgroup MMA (wgmma), reading the packed codes and scales
+// directly: no dequantized weight is written anywhere.
+//
+// Shape of the kernel (docs/fp4.md, "batch above 16"):
+//  - A block owns 128 weight rows and BN (128 or 256) batch rows of y. Warpgroup 0 is the
+//    producer: one thread issues tensor memory accelerator (TMA) copies of each 128-wide k
+//    step (x: two 64-k boxes of BN rows in the 128-byte swizzle; codes: 128 rows x 64 bytes;
+//    scales every second step: 128 rows x 16 bytes) into a ring of kStages shared-memory
+//    stages, signalled by mbarriers. Warpgroups 1 and 2 consume 64 weight rows each.
+//  - The weight is wgmma's A operand, decoded into registers with the same bit operations as
+//    the mma.sync kernels (e2m1_word_bits): the E2M1 bits placed in a bf16 read as the value
+//    times 2^-126, multiplied by the block scale times 2^119, so every A element is the exact
+//    weight times 2^-7; the 2^7 and the tensor scale are given back in float32 at the end.
+//  - x is wgmma's B operand straight from shared memory. A lane's 16 code bytes of a step
+//    decode into its fragment in an order that is not k order, so x is first permuted once per
+//    call into that order (permute_x) and the TMA reads the permuted copy.
+//  - While one half-step's wgmma group runs, the consumer decodes the next half-step's A
+//    fragments into the other register set: the tensor cores and the decode overlap.
+// Built for sm_90a only (wgmma and setmaxnreg are Hopper-specific); fp4_gemm_supported
+// refuses any other device.
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstring>
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "backends/cuda/copy_engine.h"
+#include "backends/cuda/fp4_kernels.h"
+#include "common/status_macros.h"
+
+namespace vb::backends::cuda::fp4 {
+namespace {
+
+constexpr int kGemmRows = 128;     // weight rows a block: two consumer warpgroups x 64
+constexpr int kGemmThreads = 384;  // producer warpgroup + two consumer warpgroups
+constexpr int kGemmStages = 3;     // 128-wide k steps in flight (2 measured 12% slower)
+constexpr int kCodeTileBytes = kGemmRows * 64;   // codes of one step
+constexpr int kScaleTileBytes = kGemmRows * 16;  // scales of two steps (TMA boxes: >= 16 bytes)
+constexpr int kProducerRegisters = 40;
+constexpr int kConsumerRegisters = 232;  // 128 x 40 + 256 x 232 <= the SM's 64 Ki registers
+
+template <int kBn>
+struct GemmLayout {
+  static constexpr int kXBoxBytes = kBn * 64 * 2;  // BN rows x 64 k of bf16: 128-byte rows
+  static constexpr int kStageBytes = 2 * kXBoxBytes + kCodeTileBytes;
+  static constexpr int kScaleOffset = kGemmStages * kStageBytes;
+  static constexpr int kBarrierOffset = kScaleOffset + 2 * kScaleTileBytes;
+  // + 1024: the dynamic shared memory is realigned to the 128-byte swizzle's 1024-byte atom.
+  static constexpr int kSmemBytes = kBarrierOffset + 16 * kGemmStages + 1024;
+};
+static_assert(GemmLayout<256>::kSmemBytes <= 227 * 1024, "exceeds Hopper's shared memory");
+
+__device__ __forceinline__ void mbarrier_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
+}
+__device__ __forceinline__ void mbarrier_expect_bytes(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void mbarrier_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbarrier_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        " selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (done == 0);
+}
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, uint32_t bar,
+                                            int inner, int outer) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%3, %4}], [%2];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(inner), "r"(outer)
+      : "memory");
+}
+
+// wgmma shared-memory descriptor of a K-major tile in the 128-byte swizzle: rows of 128 bytes
+// (64 k), 8-row atoms of 1024 bytes (SBO), LBO unused; a 16-k slice starts 32 bytes later.
+__device__ __forceinline__ uint64_t swizzled_descriptor(uint32_t smem_address) {
+  return uint64_t((smem_address >> 4) & 0x3FFF) | (uint64_t{1} << 16) |
+         (uint64_t{1024 >> 4} << 32) | (uint64_t{1} << 62);
+}
+
+__device__ __forceinline__ void wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int kPending>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+}
+// wgmma reads its A registers and writes its accumulators after the instruction issues, which
+// the compiler does not see: these keep the values (and so their registers) live and in place
+// up to the point where a wgmma_wait has made them safe to touch.
+template <int N>
+__device__ __forceinline__ void keep_registers(uint32_t (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void keep_registers(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+
+// D[64 x BN] += A[64 x 16] (registers: a0..a3) * B[16 x BN] (shared memory, `descriptor`).
+template <int kBn>
+struct Wgmma;
+
+template <>
+struct Wgmma<128> {
+  static __device__ __forceinline__ void mma(float (&d)[64], const uint32_t* a,
+                                             uint64_t descriptor) {
+    asm volatile(
+        "{\n .reg .pred p;\n setp.ne.b32 p, 1, 0;\n"  // accumulate into d
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,"
+        "%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,"
+        "%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
+        "{%64,%65,%66,%67}, %68, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+          "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
+          "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+          "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+          "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
+          "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descriptor));
+  }
+};
+
+template <>
+struct Wgmma<256> {
+  static __device__ __forceinline__ void mma(float (&d)[128], const uint32_t* a,
+                                             uint64_t descriptor) {
+    asm volatile(
+        "{\n .reg .pred p;\n setp.ne.b32 p, 1, 0;\n"  // accumulate into d
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,"
+        "%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,"
+        "%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,%64,%65,%66,%67,"
+        "%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,"
+        "%90,%91,%92,%93,%94,%95,%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,"
+        "%109,%110,%111,%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,"
+        "%126,%127}, "
+        "{%128,%129,%130,%131}, %132, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+          "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
+          "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+          "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+          "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
+          "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]),
+          "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]),
+          "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]),
+          "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]),
+          "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]),
+          "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]),
+          "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]),
+          "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]),
+          "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descriptor));
+  }
+};
+
+// The four bf16 pairs of code word q (see fp4_kernels.cu, e2m1_word_bits): pairs[i] holds
+// nibbles 3 - i and 7 - i, each as its E2M1 value times 2^-126.
+__device__ __forceinline__ void e2m1_pairs(uint32_t q, uint32_t (&pairs)[4]) {
+  const uint32_t q8 = q >> 8;
+  auto pick = [](uint32_t sign_source, uint32_t magnitude_source) {
+    return (sign_source & 0x80008000u) | (magnitude_source & 0x01C001C0u);
+  };
+  pairs[0] = pick(q8 << 8, q8 << 2);
+  pairs[1] = pick(q8 << 12, q8 << 6);
+  pairs[2] = pick(q << 8, q << 2);
+  pairs[3] = pick(q << 12, q << 6);
+}
+
+__device__ __forceinline__ uint32_t mul_bf16x2(uint32_t a, uint32_t b) {
+  uint32_t r;
+  asm("mul.rn.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
+
+// An E4M3 block scale as a bf16 pair of scale * 2^119: finite and normal for every finite
+// E4M3 byte (at most 448 * 2^119 < 2^128). NaN bytes (0x7F, 0xFF) stay NaN.
+__device__ __forceinline__ uint32_t e4m3_scale_pair(uint32_t byte) {
+  uint32_t halves;
+  asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(halves) : "h"(static_cast<unsigned short>(byte)));
+  __half h;
+  std::memcpy(&h, &halves, 2);
+  const __nv_bfloat162 pair =
+      __floats2bfloat162_rn(__half2float(h) * 0x1p119f, __half2float(h) * 0x1p119f);
+  uint32_t r;
+  std::memcpy(&r, &pair, 4);
+  return r;
+}
+
+// Position within a 128-wide step of the lane-order index (slice s of 16, element e of 16):
+// lane t's words w = s / 2 and MMA u = s % 2 hold nibbles (3 - 2u, 7 - 2u) and (2 - 2u, 6 - 2u)
+// of byte-group 8 w of its 32 k (see e2m1_pairs), in the A fragment's column order.
+__device__ __forceinline__ int step_k_of(int s, int e) {
+  const int w = s / 2, u = s % 2, t = (e % 8) / 2, odd = e % 2, high = e / 8;
+  const int nibble =
+      high == 0 ? (odd == 0 ? 3 - 2 * u : 7 - 2 * u) : (odd == 0 ? 2 - 2 * u : 6 - 2 * u);
+  return 32 * t + 8 * w + nibble;
+}
+
+// xp[b][128 step + 16 s + e] = x[b][128 step + step_k_of(s, e)]; a thread writes 8 outputs.
+__global__ void permute_x_kernel(const uint16_t* __restrict__ x, uint16_t* __restrict__ xp,
+                                 int64_t elements, int k) {
+  const int64_t i = (int64_t{blockIdx.x} * blockDim.x + threadIdx.x) * 8;
+  if (i >= elements) return;
+  const int64_t row = i / k;
+  const int kp = static_cast<int>(i % k);
+  const int step = kp / 128, s = (kp % 128) / 16, e0 = kp % 16;
+  const uint16_t* from = x + row * k + 128 * step;
+  uint32_t packed[4];
+#pragma unroll
+  for (int e = 0; e < 8; e += 2) {
+    packed[e / 2] =
+        uint32_t{from[step_k_of(s, e0 + e)]} | (uint32_t{from[step_k_of(s, e0 + e + 1)]} << 16);
+  }
+  *reinterpret_cast<uint4*>(xp + i) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+}
+
+template <int kBn>
+__global__ void __launch_bounds__(kGemmThreads, 1)
+    fp4_gemm_kernel(const __grid_constant__ CUtensorMap x_map,
+                    const __grid_constant__ CUtensorMap code_map,
+                    const __grid_constant__ CUtensorMap scale_map, float tensor_scale, int n, int k,
+                    int batch, const __nv_bfloat16* __restrict__ bias,
+                    __nv_bfloat16* __restrict__ y) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Layout = GemmLayout<kBn>;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem =
+      reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const uint32_t full = base + Layout::kBarrierOffset;  // stage s: full + 8 s
+  const uint32_t empty = full + 8 * kGemmStages;
+  const int steps = k / 128;
+  const int warpgroup = threadIdx.x / 128;
+  const int row_block = blockIdx.x * kGemmRows;
+  const int batch_block = blockIdx.y * kBn;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kGemmStages; ++s) {
+      mbarrier_init(full + 8 * s, 1);
+      mbarrier_init(empty + 8 * s, 8);  // one arrival per consumer warp
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  if (warpgroup == 0) {  // the producer
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegisters));
+    if (threadIdx.x == 0) {
+      for (int j = 0; j < steps; ++j) {
+        const int s = j % kGemmStages;
+        // Step j - kGemmStages, the stage's last occupant, has been released by every warp.
+        if (j >= kGemmStages) mbarrier_wait(empty + 8 * s, (j / kGemmStages - 1) & 1);
+        const bool with_scales = j % 2 == 0;
+        mbarrier_expect_bytes(full + 8 * s,
+                              Layout::kStageBytes + (with_scales ? kScaleTileBytes : 0));
+        const uint32_t stage = base + s * Layout::kStageBytes;
+        tma_load_2d(stage, &x_map, full + 8 * s, 128 * j, batch_block);
+        tma_load_2d(stage + Layout::kXBoxBytes, &x_map, full + 8 * s, 128 * j + 64, batch_block);
+        tma_load_2d(stage + 2 * Layout::kXBoxBytes, &code_map, full + 8 * s, 64 * j, row_block);
+        if (with_scales) {  // slot (j / 2) % 2 was last read by steps j - 4, j - 3: released
+          tma_load_2d(base + Layout::kScaleOffset + (j / 2) % 2 * kScaleTileBytes, &scale_map,
+                      full + 8 * s, 16 * (j / 2), row_block);
+        }
+      }
+    }
+    return;
+  }
+
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegisters));
+  const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int local_row = 64 * (warpgroup - 1) + 16 * warp + g;  // and local_row + 8
+  uint4 codes[2];      // this lane's 16 code bytes of the step, rows local_row and + 8
+  uint32_t scales[2];  // and their two block scales
+  auto read_step = [&](int j) {
+    const int s = j % kGemmStages;
+    mbarrier_wait(full + 8 * s, (j / kGemmStages) & 1);
+    const uint8_t* code_tile = smem + s * Layout::kStageBytes + 2 * Layout::kXBoxBytes + 16 * t;
+    const uint8_t* scale_tile =
+        smem + Layout::kScaleOffset + (j / 2) % 2 * kScaleTileBytes + 8 * (j % 2) + 2 * t;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      codes[h] = *reinterpret_cast<const uint4*>(code_tile + (local_row + 8 * h) * 64);
+      scales[h] = *reinterpret_cast<const uint16_t*>(scale_tile + (local_row + 8 * h) * 16);
+    }
+  };
+  // A fragments of half `half` of the step (4 slices of 16 k): words 2 half, 2 half + 1.
+  auto decode_half = [&](int half, uint32_t(&a)[16]) {
+    const uint32_t scale[2] = {e4m3_scale_pair((scales[0] >> (8 * half)) & 0xFF),
+                               e4m3_scale_pair((scales[1] >> (8 * half)) & 0xFF)};
+#pragma unroll
+    for (int ww = 0; ww < 2; ++ww) {
+      uint32_t lo[4], hi[4];  // rows local_row, local_row + 8
+      e2m1_pairs((&codes[0].x)[2 * half + ww], lo);
+      e2m1_pairs((&codes[1].x)[2 * half + ww], hi);
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        uint32_t* f = a + 4 * (2 * ww + u);
+        f[0] = mul_bf16x2(lo[2 * u], scale[0]);
+        f[1] = mul_bf16x2(hi[2 * u], scale[1]);
+        f[2] = mul_bf16x2(lo[2 * u + 1], scale[0]);
+        f[3] = mul_bf16x2(hi[2 * u + 1], scale[1]);
+      }
+    }
+  };
+
+  float d[kBn / 2];
+#pragma unroll
+  for (int i = 0; i < kBn / 2; ++i) d[i] = 0.0f;
+  keep_registers(d);
+  uint32_t a0[16], a1[16];  // the step's first and second half
+  read_step(0);
+  decode_half(0, a0);
+  for (int j = 0; j < steps; ++j) {
+    const uint32_t x_stage = base + (j % kGemmStages) * Layout::kStageBytes;
+    wgmma_fence();
+#pragma unroll
+    for (int s = 0; s < 4; ++s)
+      Wgmma<kBn>::mma(d, a0 + 4 * s, swizzled_descriptor(x_stage + 32 * s));
+    wgmma_commit();
+    keep_registers(d);
+    wgmma_wait<1>();  // step j - 1's second half is done: release its stage
+    keep_registers(a1);
+    if (j > 0 && lane == 0) mbarrier_arrive(empty + 8 * ((j - 1) % kGemmStages));
+    decode_half(1, a1);
+    wgmma_fence();
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+      Wgmma<kBn>::mma(d, a1 + 4 * s, swizzled_descriptor(x_stage + Layout::kXBoxBytes + 32 * s));
+    }
+    wgmma_commit();
+    keep_registers(d);
+    wgmma_wait<1>();  // this step's first half is done: a0 may change
+    keep_registers(a0);
+    if (j + 1 < steps) {
+      read_step(j + 1);
+      decode_half(0, a0);
+    }
+  }
+  wgmma_wait<0>();
+  keep_registers(d);
+  keep_registers(a0);
+  keep_registers(a1);
+
+  // d[4 c + e]: weight row local_row + 8 (e / 2), batch row batch_block + 8 c + 2 t + e % 2.
+  const float out_scale = tensor_scale * 0x1p7f;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = row_block + local_row + 8 * h;
+    if (row >= n) continue;
+    const float b = bias == nullptr ? 0.0f : __bfloat162float(bias[row]);
+#pragma unroll
+    for (int c = 0; c < kBn / 8; ++c) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int b_row = batch_block + 8 * c + 2 * t + e;
+        if (b_row < batch) {
+          y[int64_t{b_row} * n + row] = __float2bfloat16(d[4 * c + 2 * h + e] * out_scale + b);
+        }
+      }
+    }
+  }
+#else
+  __trap();  // built for sm_90a only; fp4_gemm_supported keeps other devices away
+#endif
+}
+
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                 const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                 const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                 CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+// cuTensorMapEncodeTiled from the driver the runtime loaded (no link to libcuda).
+absl::StatusOr<EncodeTiled> encode_tiled() {
+  static std::once_flag once;
+  static EncodeTiled function = nullptr;
+  static cudaError_t error = cudaSuccess;
+  std::call_once(once, [] {
+    void* entry = nullptr;
+    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+    error = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &entry, 12000,
+                                             cudaEnableDefault, &found);
+    if (error == cudaSuccess && found == cudaDriverEntryPointSuccess) {
+      function = reinterpret_cast<EncodeTiled>(entry);
+    }
+  });
+  VB_RETURN_IF_ERROR(cuda_status(error, "cudaGetDriverEntryPointByVersion"));
+  if (function == nullptr) {
+    return absl::FailedPreconditionError(
+        "fp4_gemm: the CUDA driver has no cuTensorMapEncodeTiled (needs CUDA 12 or later)");
+  }
+  return function;
+}
+
+// A 2-D tensor map of `outer` rows of `inner` elements, `row_bytes` apart, read in boxes of
+// box_inner x box_outer; out-of-range rows and columns read as zero.
+absl::StatusOr<CUtensorMap> tensor_map(CUtensorMapDataType type, const void* address,
+                                       uint64_t inner, uint64_t outer, uint64_t row_bytes,
+                                       uint32_t box_inner, uint32_t box_outer,
+                                       CUtensorMapSwizzle swizzle, const char* what) {
+  VB_ASSIGN_OR_RETURN(const EncodeTiled encode, encode_tiled());
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {inner, outer};
+  const cuuint64_t strides[1] = {row_bytes};
+  const cuuint32_t box[2] = {box_inner, box_outer};
+  const cuuint32_t element_strides[2] = {1, 1};
+  const CUresult result =
+      encode(&map, type, 2, const_cast<void*>(address), dims, strides, box, element_strides,
+             CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (result != CUDA_SUCCESS) {
+    return absl::InternalError(absl::StrCat("fp4_gemm: cuTensorMapEncodeTiled for ", what,
+                                            " failed with CUresult ", static_cast<int>(result)));
+  }
+  return map;
+}
+
+absl::Status check_alignment(const void* p, int bytes, const char* what) {
+  const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+  if (address % bytes != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("fp4_gemm: ", what, " at 0x", absl::Hex(address),
+                                                   ": expected ", bytes, "-byte alignment"));
+  }
+  return absl::OkStatus();
+}
+
+template <int kBn>
+absl::Status launch_gemm(const DeviceWeightView& w, const uint16_t* xp, int64_t batch,
+                         const void* bias, void* y, cudaStream_t stream) {
+  using Layout = GemmLayout<kBn>;
+  VB_ASSIGN_OR_RETURN(const CUtensorMap x_map,
+                      tensor_map(CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, xp, w.k, batch, w.k * 2, 64, kBn,
+                                 CU_TENSOR_MAP_SWIZZLE_128B, "x"));
+  VB_ASSIGN_OR_RETURN(const CUtensorMap code_map,
+                      tensor_map(CU_TENSOR_MAP_DATA_TYPE_UINT8, w.codes, w.k / 2, w.n, w.k / 2, 64,
+                                 kGemmRows, CU_TENSOR_MAP_SWIZZLE_NONE, "codes"));
+  VB_ASSIGN_OR_RETURN(const CUtensorMap scale_map,
+                      tensor_map(CU_TENSOR_MAP_DATA_TYPE_UINT8, w.scales, w.k / 16, w.n, w.k / 16,
+                                 16, kGemmRows, CU_TENSOR_MAP_SWIZZLE_NONE, "scales"));
+  VB_RETURN_IF_ERROR(cuda_status(
+      cudaFuncSetAttribute(fp4_gemm_kernel<kBn>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           Layout::kSmemBytes),
+      "cudaFuncSetAttribute(fp4_gemm)"));
+  const dim3 grid(static_cast<unsigned>((w.n + kGemmRows - 1) / kGemmRows),
+                  static_cast<unsigned>((batch + kBn - 1) / kBn));
+  fp4_gemm_kernel<kBn><<<grid, kGemmThreads, Layout::kSmemBytes, stream>>>(
+      x_map, code_map, scale_map, w.tensor_scale, static_cast<int>(w.n), static_cast<int>(w.k),
+      static_cast<int>(batch), static_cast<const __nv_bfloat16*>(bias),
+      static_cast<__nv_bfloat16*>(y));
+  return cuda_status(cudaGetLastError(), "fp4_gemm kernel launch");
+}
+
+}  // namespace
+
+absl::Status fp4_gemm_supported(const DeviceWeightView& weight, int64_t batch, Activation type) {
+  VB_RETURN_IF_ERROR(backends::fp4::check_shape(weight.format, weight.n, weight.k));
+  if (weight.format != Format::kNvfp4) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "fp4_gemm: weight format ", backends::fp4::format_name(weight.format), ": expected nvfp4"));
+  }
+  if (type != Activation::kBf16) {
+    return absl::InvalidArgumentError("fp4_gemm: fp16 activations: expected bf16");
+  }
+  if (weight.k < 256 || weight.k % 256 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("fp4_gemm: k = ", weight.k, ": expected a positive multiple of 256"));
+  }
+  if (weight.n < 1 || weight.n > (int64_t{1} << 30) || weight.k > (int64_t{1} << 30)) {
+    return absl::InvalidArgumentError(absl::StrCat("fp4_gemm: weight of ", weight.n, " x ",
+                                                   weight.k, ": expected 1..2^30 rows and k"));
+  }
+  if (batch < 1 || batch > 65535 * 128) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("fp4_gemm: batch ", batch, ": expected 1..", 65535 * 128));
+  }
+  VB_RETURN_IF_ERROR(check_alignment(weight.codes, 16, "weight codes"));
+  VB_RETURN_IF_ERROR(check_alignment(weight.scales, 16, "weight scales"));
+  int device = 0, major = 0, minor = 0;
+  VB_RETURN_IF_ERROR(cuda_status(cudaGetDevice(&device), "cudaGetDevice"));
+  VB_RETURN_IF_ERROR(
+      cuda_status(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
+                  "cudaDeviceGetAttribute"));
+  VB_RETURN_IF_ERROR(
+      cuda_status(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device),
+                  "cudaDeviceGetAttribute"));
+  if (major != 9 || minor != 0) {
+    return absl::FailedPreconditionError(absl::StrCat("fp4_gemm: device ", device, " is sm_", major,
+                                                      minor,
+                                                      ": the kernel is built for sm_90a (Hopper)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status fp4_gemm(const DeviceWeightView& weight, const void* x, int64_t batch, Activation type,
+                      const void* bias, void* y, cudaStream_t stream) {
+  VB_RETURN_IF_ERROR(fp4_gemm_supported(weight, batch, type));
+  if (x == nullptr || y == nullptr) {
+    return absl::InvalidArgumentError("fp4_gemm: x or y is null");
+  }
+  VB_RETURN_IF_ERROR(check_alignment(x, 16, "x"));
+  VB_RETURN_IF_ERROR(check_alignment(y, 2, "y"));
+  if (bias != nullptr) VB_RETURN_IF_ERROR(check_alignment(bias, 2, "bias"));
+  int device = 0, sms = 0;
+  VB_RETURN_IF_ERROR(cuda_status(cudaGetDevice(&device), "cudaGetDevice"));
+  VB_RETURN_IF_ERROR(
+      cuda_status(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
+                  "cudaDeviceGetAttribute"));
+  VB_RETURN_IF_ERROR(keep_scratch_pool(device));
+
+  // x in the decode's k order, in stream-ordered scratch memory.
+  const int64_t elements = batch * weight.k;
+  void* xp = nullptr;
+  VB_RETURN_IF_ERROR(
+      cuda_status(cudaMallocAsync(&xp, elements * 2, stream), "cudaMallocAsync(fp4_gemm x)"));
+  auto permute_and_multiply = [&]() -> absl::Status {
+    const int64_t threads = 256, blocks = (elements / 8 + threads - 1) / threads;
+    permute_x_kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
+        static_cast<const uint16_t*>(x), static_cast<uint16_t*>(xp), elements,
+        static_cast<int>(weight.k));
+    VB_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "fp4_gemm permute launch"));
+    // 256 batch rows a block halve the decode work per product, but where that leaves SMs
+    // without a block (8192 rows: 64 blocks for 132 SMs) 128 rows a block are faster.
+    const int64_t row_blocks = (weight.n + kGemmRows - 1) / kGemmRows;
+    const auto* permuted = static_cast<const uint16_t*>(xp);
+    if (batch > 128 && row_blocks * ((batch + 255) / 256) >= sms) {
+      return launch_gemm<256>(weight, permuted, batch, bias, y, stream);
+    }
+    return launch_gemm<128>(weight, permuted, batch, bias, y, stream);
+  };
+  const absl::Status status = permute_and_multiply();
+  const absl::Status freed = cuda_status(cudaFreeAsync(xp, stream), "cudaFreeAsync(fp4_gemm x)");
+  return status.ok() ? freed : status;
+}
+
+}  // namespace vb::backends::cuda::fp4
