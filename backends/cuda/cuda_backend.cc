@@ -8,6 +8,7 @@
 #include <cuda_runtime_api.h>
 
 #include <atomic>
+#include <cstdint>
 #include <mutex>
 #include <unordered_map>
 
@@ -238,7 +239,9 @@ class CudaBackend final : public Backend {
     view.codes = base + header.codes_offset;
     view.scales = base + header.scales_offset;
     view.tensor_scale = header.tensor_scale;
-    const at::Tensor x = input.reshape({-1, header.k}).contiguous();
+    at::Tensor x = input.reshape({-1, header.k}).contiguous();
+    // The fused kernels read x in 16-byte words: a view starting mid-allocation gets a copy.
+    if (reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 != 0) x = x.clone();
     const int64_t rows = x.size(0);
     std::vector<int64_t> out_shape(input.sizes().begin(), input.sizes().end());
     out_shape.back() = header.n;
@@ -250,7 +253,14 @@ class CudaBackend final : public Backend {
           bias.defined() ? bias.contiguous().data_ptr() : nullptr, y.data_ptr(), stream.stream()));
       return NamedTensors{{"output", y.reshape(out_shape)}};
     }
-    // bf16 weights are what a bf16 GEMM reads; any other input gets the exact float32
+    if (type == at::kBFloat16 && fp4::fp4_gemm_supported(view, rows, fp4::Activation::kBf16).ok()) {
+      at::Tensor y = at::empty({rows, header.n}, x.options());
+      VB_RETURN_IF_ERROR(fp4::fp4_gemm(view, x.data_ptr(), rows, fp4::Activation::kBf16,
+                                       bias.defined() ? bias.contiguous().data_ptr() : nullptr,
+                                       y.data_ptr(), stream.stream()));
+      return NamedTensors{{"output", y.reshape(out_shape)}};
+    }
+    // Elsewhere: bf16 weights are what a bf16 GEMM reads; any other input gets the exact float32
     // weight, so its product rounds only where the input's type does.
     at::Tensor w;
     if (type == at::kBFloat16) {

@@ -168,6 +168,23 @@ std::vector<double> reference(const std::vector<uint16_t>& x, int64_t batch,
   return y;
 }
 
+// Relative L2 error of the 16-bit outputs y against ref; NaN outputs (unwritten: the buffer is
+// poisoned) fail the test.
+double checked_error(const std::vector<uint16_t>& y, const std::vector<double>& ref,
+                     Activation type, const std::string& label) {
+  double num = 0, den = 0;
+  int64_t nans = 0;
+  for (size_t i = 0; i < y.size(); ++i) {
+    const double v =
+        type == Activation::kBf16 ? cpu::bf16_bits_to_float(y[i]) : cpu::fp16_bits_to_float(y[i]);
+    if (std::isnan(v)) ++nans;
+    num += (v - ref[i]) * (v - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  EXPECT_EQ(nans, 0) << label << ": unwritten or NaN outputs";
+  return std::sqrt(num / den);
+}
+
 struct LinearCase {
   Format format;
   int64_t n, k, batch;
@@ -230,18 +247,7 @@ void check_linear(const LinearCase& c, unsigned seed) {
     ASSERT_TRUE(status.ok()) << label << ": " << status;
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << label;
     const std::vector<uint16_t> y = dy.download<uint16_t>(c.batch * c.n);
-    const std::vector<double> ref = reference(x, c.batch, *q, bias, c.type);
-    double num = 0, den = 0;
-    int64_t nans = 0;
-    for (size_t i = 0; i < y.size(); ++i) {
-      const double v = c.type == Activation::kBf16 ? cpu::bf16_bits_to_float(y[i])
-                                                   : cpu::fp16_bits_to_float(y[i]);
-      if (std::isnan(v)) ++nans;
-      num += (v - ref[i]) * (v - ref[i]);
-      den += ref[i] * ref[i];
-    }
-    EXPECT_EQ(nans, 0) << label << ": unwritten or NaN outputs";
-    const double error = std::sqrt(num / den);
+    const double error = checked_error(y, reference(x, c.batch, *q, bias, c.type), c.type, label);
     EXPECT_LT(error, 1e-2) << label;
     if (run == 0 && c.n >= 256)
       std::printf("GPU fp4_linear %s: relative error %.2e\n", label.c_str(), error);
@@ -851,6 +857,129 @@ TEST(Fp4GpuTest, KSplitSumsAgreeBitForBit) {
   EXPECT_TRUE(fp4_linear((*device)->view(), dx.get(), 16, Activation::kBf16, nullptr, dy.get(),
                          nullptr, options)
                   .ok());
+}
+
+// fp4_gemm runs only on compute capability 9.0 (it is built for sm_90a).
+bool hopper_visible() {
+  int major = 0, minor = 0;
+  return visible_devices() > 0 &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) == cudaSuccess &&
+         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0) == cudaSuccess &&
+         major == 9 && minor == 0;
+}
+
+// fp4_gemm on NVFP4 weights quantized from Gaussians whose rows span `decades` powers of ten
+// (the small rows' block scales reach E4M3's subnormals), against float64.
+void check_gemm(int64_t n, int64_t k, int64_t batch, bool with_bias, int decades, unsigned seed) {
+  const std::string label = "fp4_gemm n=" + std::to_string(n) + " k=" + std::to_string(k) +
+                            " batch=" + std::to_string(batch) + (with_bias ? " +bias" : "") +
+                            " rows over " + std::to_string(decades) + " decades";
+  std::vector<float> wf = gaussian(n * k, seed, 0.02f);
+  for (int64_t j = 0; j < n; ++j) {
+    const float row_scale = std::pow(10.0f, -static_cast<float>(j % decades));
+    for (int64_t i = 0; i < k; ++i) wf[j * k + i] *= row_scale;
+  }
+  auto q = cpu::quantize(wf.data(), n, k, Format::kNvfp4);
+  ASSERT_TRUE(q.ok()) << q.status();
+  std::vector<uint16_t> x, bias;
+  for (float v : gaussian(batch * k, seed + 1, 1.0f)) x.push_back(cpu::float_to_bf16_bits(v));
+  if (with_bias) {
+    for (float v : gaussian(n, seed + 2, 0.1f)) bias.push_back(cpu::float_to_bf16_bits(v));
+  }
+  auto device = DeviceWeight::upload(*q);
+  ASSERT_TRUE(device.ok()) << device.status();
+  ASSERT_TRUE(fp4_gemm_supported((*device)->view(), batch, Activation::kBf16).ok()) << label;
+  Buffer dx(x.size() * 2), dbias(n * 2), dy(batch * n * 2);
+  dx.upload(x);
+  if (with_bias) dbias.upload(bias);
+  const std::vector<double> ref = reference(x, batch, *q, bias, Activation::kBf16);
+  for (int run = 0; run < 2; ++run) {  // twice: a race would show as a moving error
+    dy.poison();
+    const absl::Status status = fp4_gemm((*device)->view(), dx.get(), batch, Activation::kBf16,
+                                         with_bias ? dbias.get() : nullptr, dy.get(), nullptr);
+    ASSERT_TRUE(status.ok()) << label << ": " << status;
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << label;
+    const double error =
+        checked_error(dy.download<uint16_t>(batch * n), ref, Activation::kBf16, label);
+    EXPECT_LT(error, 1e-2) << label;
+    if (run == 0) std::printf("GPU %s: relative error %.2e\n", label.c_str(), error);
+  }
+}
+
+TEST(Fp4GpuTest, GemmMatchesFloat64) {
+  SKIP_WITHOUT_GPU();
+  if (!hopper_visible()) GTEST_SKIP() << "fp4_gemm needs a compute capability 9.0 GPU";
+  unsigned seed = 300;
+  check_gemm(256, 256, 17, true, 1, seed++);     // the smallest k, batch just past fp4_linear
+  check_gemm(300, 512, 40, false, 8, seed++);    // n not a multiple of 128: rows read as zero
+  check_gemm(1000, 1024, 300, true, 4, seed++);  // three 128-row batch tiles, the last partial
+  // 132 row blocks x 2 batch tiles fill an H200's 132 SMs: the 256-row batch tile, partial.
+  check_gemm(128 * 132, 256, 257, true, 2, seed++);
+}
+
+// fp4_gemm's value checks come before any CUDA call: they run without a GPU too (CI), on a
+// weight whose placeholder pointers are never dereferenced.
+TEST(Fp4OptionsTest, GemmRefusesWhatItCannotRun) {
+  const auto placeholder = [](uintptr_t address) { return reinterpret_cast<void*>(address); };
+  DeviceWeightView nvfp4;
+  nvfp4.format = Format::kNvfp4;
+  nvfp4.n = 64;
+  nvfp4.k = 512;
+  nvfp4.codes = static_cast<const uint8_t*>(placeholder(0x10000));
+  nvfp4.scales = placeholder(0x20000);
+  struct Case {
+    const char* expected;  // in the message
+    DeviceWeightView weight;
+    int64_t batch;
+    Activation type;
+  };
+  DeviceWeightView mxfp4 = nvfp4, short_k = nvfp4, odd_k = nvfp4, loose_codes = nvfp4,
+                   loose_scales = nvfp4;
+  mxfp4.format = Format::kMxfp4;
+  short_k.k = 128;
+  odd_k.k = 768 + 128;
+  loose_codes.codes += 8;
+  loose_scales.scales = placeholder(0x20004);
+  const std::vector<Case> cases = {
+      {"format mxfp4: expected nvfp4", mxfp4, 32, Activation::kBf16},
+      {"fp16 activations: expected bf16", nvfp4, 32, Activation::kFp16},
+      {"k = 128: expected a positive multiple of 256", short_k, 32, Activation::kBf16},
+      {"k = 896: expected a positive multiple of 256", odd_k, 32, Activation::kBf16},
+      {"batch 0: expected 1..", nvfp4, 0, Activation::kBf16},
+      {"weight codes at 0x10008: expected 16-byte alignment", loose_codes, 32, Activation::kBf16},
+      {"weight scales at 0x20004: expected 16-byte alignment", loose_scales, 32, Activation::kBf16},
+  };
+  for (const Case& c : cases) {
+    const absl::Status supported = fp4_gemm_supported(c.weight, c.batch, c.type);
+    EXPECT_TRUE(absl::IsInvalidArgument(supported)) << c.expected << ": " << supported;
+    EXPECT_NE(supported.message().find(c.expected), absl::string_view::npos)
+        << c.expected << ": " << supported;
+    // fp4_gemm refuses the same way, before touching x or y.
+    const absl::Status run = fp4_gemm(c.weight, placeholder(0x30000), c.batch, c.type, nullptr,
+                                      placeholder(0x40000), nullptr);
+    EXPECT_EQ(run, supported);
+  }
+  if (!hopper_visible()) {  // the device check: no GPU, or not Hopper
+    EXPECT_FALSE(fp4_gemm_supported(nvfp4, 32, Activation::kBf16).ok());
+  }
+}
+
+TEST(Fp4GpuTest, GemmRefusesMisalignedX) {
+  SKIP_WITHOUT_GPU();
+  if (!hopper_visible()) GTEST_SKIP() << "fp4_gemm needs a compute capability 9.0 GPU";
+  const std::vector<float> wf = gaussian(128 * 256, 7, 0.02f);
+  auto q = cpu::quantize(wf.data(), 128, 256, Format::kNvfp4);
+  ASSERT_TRUE(q.ok());
+  auto device = DeviceWeight::upload(*q);
+  ASSERT_TRUE(device.ok());
+  Buffer x(32 * 256 * 2 + 16), y(32 * 128 * 2);
+  char* const shifted = static_cast<char*>(x.get()) + 8;
+  const absl::Status misaligned =
+      fp4_gemm((*device)->view(), shifted, 32, Activation::kBf16, nullptr, y.get(), nullptr);
+  EXPECT_TRUE(absl::IsInvalidArgument(misaligned)) << misaligned;
+  EXPECT_NE(misaligned.message().find("x at 0x"), absl::string_view::npos) << misaligned;
+  EXPECT_NE(misaligned.message().find("expected 16-byte alignment"), absl::string_view::npos)
+      << misaligned;
 }
 
 }  // namespace
