@@ -1,12 +1,13 @@
 // 4-bit weight Linear on the GPU against bf16 cuBLAS (at::linear) measured in the same run.
-// For K = 8192 and N = 28672 / 8192, batch 1, 16 (fused kernel) and 256 (dequantize to bf16
-// + at::linear), per format: median time over many runs (CUDA events, back-to-back launches),
-// weights rotated over enough copies to exceed the L2 several times, the speedup over bf16,
-// the weight bytes streamed per second, and that rate as a fraction of a device-to-device
-// cudaMemcpy (read + write bytes) measured first. Each timed configuration is checked first.
+// For K = 8192 and N = 28672 / 8192, batch 1, 16 (fused kernel) and 256 (fp4_gemm where it
+// applies, and dequantize to bf16 + at::linear), per format: median time over many runs (CUDA
+// events, back-to-back launches), weights rotated over enough copies to exceed the L2 several
+// times, the speedup over bf16, the weight bytes streamed per second, and that rate as a fraction
+// of a device-to-device cudaMemcpy (read + write bytes) measured first. Each timed configuration is
+// checked first.
 //
-//   build-gpu/bench/fp4_bench [--quick | --variants [BATCH,...] | --shapes | --chunked | --one
-//   STAGES ROW_TILES WARPS BATCH]
+//   build-gpu/bench/fp4_bench [--quick | --variants [BATCH,...] | --shapes | --chunked | --gemm |
+//   --one STAGES ROW_TILES WARPS BATCH]
 //   (--one: STAGES 'direct1' or 'direct2' for the direct kernel, 'integer' for the integer kernel,
 //   'ksplit2' or 'ksplit3' for the k-split kernel loading 2 or 3 steps ahead)
 #include <cuda_runtime_api.h>
@@ -289,6 +290,83 @@ void sweep_fp16(double copy_gbps, int64_t rotate_bytes, int reps) {
   }
 }
 
+// How a 4-bit Linear is computed: fp4_linear (batch <= 16), fp4_gemm (above 16, Hopper,
+// NVFP4), or the weight dequantized to bf16 into `scratch` and at::linear.
+enum class Path { kFused, kGemm, kDequantGemm };
+
+const char* path_name(Path path) {
+  switch (path) {
+    case Path::kFused:
+      return "fused";
+    case Path::kGemm:
+      return "fp4_gemm";
+    case Path::kDequantGemm:
+      return "dequant+gemm";
+  }
+  return "?";
+}
+
+void run_path(Path path, const fp4::DeviceWeightView& w, const at::Tensor& x, int64_t batch,
+              at::Tensor& y, at::Tensor& scratch) {
+  switch (path) {
+    case Path::kFused:
+      check(fp4::fp4_linear(w, x.data_ptr(), batch, fp4::Activation::kBf16, nullptr, y.data_ptr(),
+                            nullptr),
+            "fp4_linear");
+      return;
+    case Path::kGemm:
+      check(fp4::fp4_gemm(w, x.data_ptr(), batch, fp4::Activation::kBf16, nullptr, y.data_ptr(),
+                          nullptr),
+            "fp4_gemm");
+      return;
+    case Path::kDequantGemm:
+      check(fp4::dequantize_to_bf16(w, static_cast<uint16_t*>(scratch.data_ptr()), nullptr),
+            "dequantize_to_bf16");
+      y = at::linear(x, scratch);
+      return;
+  }
+}
+
+// Above 16 batch rows, nvfp4: fp4_gemm against dequantize + at::linear and bf16 at::linear,
+// each batch in the same run; the measurements behind fp4_gemm's place in the daemon.
+void sweep_gemm(double copy_gbps, int64_t rotate_bytes, int reps) {
+  const auto bf16 = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+  std::printf(
+      "\nnvfp4 above 16 batch rows: fp4_gemm and dequantize + bf16 GEMM\n%-12s %5s %-14s "
+      "%9s %9s %8s %11s %8s %8s\n",
+      "N x K", "batch", "path", "fp4 us", "bf16 us", "speedup", "weight GB/s", "of copy", "TFLOPS");
+  for (auto [n, k] : {std::pair<int64_t, int64_t>{28672, 8192}, {8192, 8192}}) {
+    const std::string shape = std::to_string(n) + "x" + std::to_string(k);
+    const SweepWeights w = make_sweep_weights(n, k, rotate_bytes, torch::kBFloat16);
+    const int copies = static_cast<int>(w.w4.size());
+    at::Tensor scratch = torch::empty({n, k}, bf16);
+    for (int64_t batch : {17, 32, 64, 128, 256, 512, 1024}) {
+      const at::Tensor x = torch::randn({batch, k}, bf16);
+      at::Tensor y = torch::empty({batch, n}, bf16);
+      const at::Tensor ref = at::linear(x.to(at::kFloat), w.dequantized.to(at::kFloat));
+      const double bf16_ms =
+          median_ms(reps, [&](int i) { y = at::linear(x, w.w16[i % w.w16.size()]); });
+      for (Path path : {Path::kGemm, Path::kDequantGemm}) {
+        y.fill_(std::numeric_limits<float>::quiet_NaN());
+        run_path(path, w.w4[0].view, x, batch, y, scratch);
+        const double err = relative_error(y, ref);
+        if (!(err < 1e-2)) {
+          std::printf("CHECK FAILED %s batch %ld %s: %.3e\n", shape.c_str(),
+                      static_cast<long>(batch), path_name(path), err);
+          continue;
+        }
+        const double ms = median_ms(
+            reps, [&](int i) { run_path(path, w.w4[i % copies].view, x, batch, y, scratch); });
+        const double gbps = w.packed_bytes / (ms / 1e3) / 1e9;
+        std::printf("%-12s %5ld %-14s %9.1f %9.1f %7.2fx %11.0f %7.0f%% %8.0f\n", shape.c_str(),
+                    static_cast<long>(batch), path_name(path), ms * 1e3, bf16_ms * 1e3,
+                    bf16_ms / ms, gbps, 100.0 * gbps / copy_gbps,
+                    2.0 * n * k * batch / (ms / 1e3) / 1e12);
+      }
+    }
+  }
+}
+
 // Above 16 batch rows: the whole weight dequantized to bf16 and one GEMM, against the same
 // done `chunk_rows` weight rows at a time into one of two buffers small enough to stay in the L2
 // (a chunk's GEMM then reads its weight from the L2, not DRAM), on one stream, or with the next
@@ -505,12 +583,13 @@ int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "";
   const bool quick = mode == "--quick";
   if (!(argc == 1 ||
-        (argc == 2 &&
-         (quick || mode == "--variants" || mode == "--shapes" || mode == "--chunked")) ||
+        (argc == 2 && (quick || mode == "--variants" || mode == "--shapes" || mode == "--chunked" ||
+                       mode == "--gemm")) ||
         (argc == 3 && mode == "--variants") || (argc == 6 && mode == "--one"))) {
     std::fprintf(
         stderr,
-        "usage: fp4_bench [--quick | --variants [BATCH,...] | --shapes | --chunked | --one STAGES "
+        "usage: fp4_bench [--quick | --variants [BATCH,...] | --shapes | --chunked | --gemm | "
+        "--one STAGES "
         "ROW_TILES WARPS BATCH]\n"
         "  (--one: STAGES 'direct1' or 'direct2' for the direct kernel, 'integer' for the "
         "integer kernel, 'ksplit2' or 'ksplit3' for the k-split kernel)\n");
@@ -586,6 +665,10 @@ int main(int argc, char** argv) {
     sweep_chunked(copy_gbps, rotate_bytes, reps);
     return 0;
   }
+  if (mode == "--gemm") {
+    sweep_gemm(copy_gbps, rotate_bytes, reps);
+    return 0;
+  }
 
   // "read us": a plain read of as many bytes as the packed weight (bench/read_probe.h), the
   // least time any kernel streaming that weight can take; "of read" is it over "fp4 us".
@@ -622,24 +705,22 @@ int main(int argc, char** argv) {
       for (int64_t batch : {1, 16, 256}) {
         const at::Tensor x = torch::randn({batch, k}, bf16);
         at::Tensor y = torch::empty({batch, n}, bf16);
-        const bool fused = batch <= fp4::kFusedMaxBatch;
-        auto run_fp4 = [&](int i, bool use_fused) {
-          const fp4::DeviceWeightView& v = w4[i % copies].view;
-          if (use_fused) {
-            check(fp4::fp4_linear(v, x.data_ptr(), batch, fp4::Activation::kBf16, nullptr,
-                                  y.data_ptr(), nullptr),
-                  "fp4_linear");
-          } else {
-            check(fp4::dequantize_to_bf16(v, static_cast<uint16_t*>(scratch.data_ptr()), nullptr),
-                  "dequantize_to_bf16");
-            y = at::linear(x, scratch);
-          }
+        // The kernel a daemon would run at this batch (fp4_linear up to 16 rows, fp4_gemm
+        // above where it applies), then the dequantize + at::linear path for comparison.
+        std::vector<Path> paths;
+        if (batch <= fp4::kFusedMaxBatch) {
+          paths.push_back(Path::kFused);
+        } else if (fp4::fp4_gemm_supported(w4[0].view, batch, fp4::Activation::kBf16).ok()) {
+          paths.push_back(Path::kGemm);
+        }
+        paths.push_back(Path::kDequantGemm);
+        auto run_fp4 = [&](int i, Path path) {
+          run_path(path, w4[i % copies].view, x, batch, y, scratch);
         };
         // Check before timing: against at::linear on the same weights dequantized to bf16.
-        for (int path = 0; path < (fused ? 2 : 1); ++path) {
-          const bool use_fused = fused && path == 0;
+        for (Path path : paths) {
           y.fill_(std::numeric_limits<float>::quiet_NaN());
-          run_fp4(0, use_fused);
+          run_fp4(0, path);
           check(fp4::dequantize_to_bf16(w4[0].view, static_cast<uint16_t*>(scratch.data_ptr()),
                                         nullptr),
                 "dequantize_to_bf16");
@@ -648,21 +729,20 @@ int main(int argc, char** argv) {
           if (!(err < 1e-2)) {
             std::fprintf(stderr, "CHECK FAILED %s %s batch %ld %s: relative error %.3e\n",
                          vb::backends::fp4::format_name(format), shape.c_str(),
-                         static_cast<long>(batch), use_fused ? "fused" : "dequant+gemm", err);
+                         static_cast<long>(batch), path_name(path), err);
             return 1;
           }
         }
         const double bf16_ms =
             median_ms(reps, [&](int i) { y = at::linear(x, w16[i % bf16_copies]); });
-        for (int path = 0; path < (fused ? 2 : 1); ++path) {
-          const bool use_fused = fused && path == 0;
-          const double ms = median_ms(reps, [&](int i) { run_fp4(i, use_fused); });
+        for (Path path : paths) {
+          const double ms = median_ms(reps, [&](int i) { run_fp4(i, path); });
           const double gbps = packed_bytes / (ms / 1e3) / 1e9;
           std::printf("%-7s %-12s %5ld  %10.1f %10.1f %7.2fx  %10.0f %7.0f%%  %8.1f %6.0f%%  %s\n",
                       vb::backends::fp4::format_name(format), shape.c_str(),
                       static_cast<long>(batch), ms * 1e3, bf16_ms * 1e3, bf16_ms / ms, gbps,
                       100.0 * gbps / copy_gbps, read_us, 100.0 * read_us / (ms * 1e3),
-                      use_fused ? "fused" : "dequant+gemm");
+                      path_name(path));
         }
       }
       // The dequantization alone, as bytes read + written against the device-to-device copy
