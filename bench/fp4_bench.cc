@@ -9,7 +9,8 @@
 //   build-gpu/bench/fp4_bench [--quick | --variants [BATCH,...] | --shapes | --chunked | --gemm |
 //   --one STAGES ROW_TILES WARPS BATCH]
 //   (--one: STAGES 'direct1' or 'direct2' for the direct kernel, 'integer' for the integer kernel,
-//   'ksplit2' or 'ksplit3' for the k-split kernel loading 2 or 3 steps ahead)
+//   'ksplit2' or 'ksplit3' for the k-split kernel loading 2 or 3 steps ahead, 'gemm' for fp4_gemm
+//   with ROW_TILES as its batch_tile and WARPS as its max_blocks)
 #include <cuda_runtime_api.h>
 #include <torch/torch.h>
 
@@ -307,7 +308,7 @@ const char* path_name(Path path) {
 }
 
 void run_path(Path path, const fp4::DeviceWeightView& w, const at::Tensor& x, int64_t batch,
-              at::Tensor& y, at::Tensor& scratch) {
+              at::Tensor& y, at::Tensor& scratch, fp4::GemmOptions gemm = {}) {
   switch (path) {
     case Path::kFused:
       check(fp4::fp4_linear(w, x.data_ptr(), batch, fp4::Activation::kBf16, nullptr, y.data_ptr(),
@@ -316,7 +317,7 @@ void run_path(Path path, const fp4::DeviceWeightView& w, const at::Tensor& x, in
       return;
     case Path::kGemm:
       check(fp4::fp4_gemm(w, x.data_ptr(), batch, fp4::Activation::kBf16, nullptr, y.data_ptr(),
-                          nullptr),
+                          nullptr, gemm),
             "fp4_gemm");
       return;
     case Path::kDequantGemm:
@@ -331,8 +332,12 @@ void run_path(Path path, const fp4::DeviceWeightView& w, const at::Tensor& x, in
 // each batch in the same run; the measurements behind fp4_gemm's place in the daemon.
 void sweep_gemm(double copy_gbps, int64_t rotate_bytes, int reps) {
   const auto bf16 = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+  int device = 0, sms = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
+             "cudaDeviceGetAttribute");
   std::printf(
-      "\nnvfp4 above 16 batch rows: fp4_gemm and dequantize + bf16 GEMM\n%-12s %5s %-14s "
+      "\nnvfp4 above 16 batch rows: fp4_gemm and dequantize + bf16 GEMM\n%-12s %5s %-18s "
       "%9s %9s %8s %11s %8s %8s\n",
       "N x K", "batch", "path", "fp4 us", "bf16 us", "speedup", "weight GB/s", "of copy", "TFLOPS");
   for (auto [n, k] : {std::pair<int64_t, int64_t>{28672, 8192}, {8192, 8192}}) {
@@ -346,22 +351,47 @@ void sweep_gemm(double copy_gbps, int64_t rotate_bytes, int reps) {
       const at::Tensor ref = at::linear(x.to(at::kFloat), w.dequantized.to(at::kFloat));
       const double bf16_ms =
           median_ms(reps, [&](int i) { y = at::linear(x, w.w16[i % w.w16.size()]); });
-      for (Path path : {Path::kGemm, Path::kDequantGemm}) {
+      // The default, every batch tile on both grids where the choice is close (a block a tile;
+      // a block an SM, the last wave shared), and dequantize + GEMM.
+      struct Run {
+        Path path;
+        int tile;    // 0: chosen
+        bool plain;  // with tile: one block a tile, else one block an SM
+      };
+      std::vector<Run> runs = {{Path::kGemm, 0, false}};
+      if (batch >= 64 && batch <= 256) {
+        for (int tile : {64, 128, 256}) {
+          runs.push_back({Path::kGemm, tile, true});
+          runs.push_back({Path::kGemm, tile, false});
+        }
+      }
+      runs.push_back({Path::kDequantGemm, 0, false});
+      for (const Run& r : runs) {
+        fp4::GemmOptions gemm;
+        gemm.batch_tile = r.tile;
+        if (r.tile != 0) {
+          gemm.max_blocks =
+              r.plain ? static_cast<int>((n / 128) * ((batch + r.tile - 1) / r.tile)) : sms;
+        }
+        const std::string name =
+            r.path != Path::kGemm || r.tile == 0
+                ? std::string(path_name(r.path))
+                : "fp4_gemm " + std::to_string(r.tile) + (r.plain ? " tile/blk" : " shared");
         y.fill_(std::numeric_limits<float>::quiet_NaN());
-        run_path(path, w.w4[0].view, x, batch, y, scratch);
+        run_path(r.path, w.w4[0].view, x, batch, y, scratch, gemm);
         const double err = relative_error(y, ref);
         if (!(err < 1e-2)) {
           std::printf("CHECK FAILED %s batch %ld %s: %.3e\n", shape.c_str(),
-                      static_cast<long>(batch), path_name(path), err);
+                      static_cast<long>(batch), name.c_str(), err);
           continue;
         }
-        const double ms = median_ms(
-            reps, [&](int i) { run_path(path, w.w4[i % copies].view, x, batch, y, scratch); });
+        const double ms = median_ms(reps, [&](int i) {
+          run_path(r.path, w.w4[i % copies].view, x, batch, y, scratch, gemm);
+        });
         const double gbps = w.packed_bytes / (ms / 1e3) / 1e9;
-        std::printf("%-12s %5ld %-14s %9.1f %9.1f %7.2fx %11.0f %7.0f%% %8.0f\n", shape.c_str(),
-                    static_cast<long>(batch), path_name(path), ms * 1e3, bf16_ms * 1e3,
-                    bf16_ms / ms, gbps, 100.0 * gbps / copy_gbps,
-                    2.0 * n * k * batch / (ms / 1e3) / 1e12);
+        std::printf("%-12s %5ld %-18s %9.1f %9.1f %7.2fx %11.0f %7.0f%% %8.0f\n", shape.c_str(),
+                    static_cast<long>(batch), name.c_str(), ms * 1e3, bf16_ms * 1e3, bf16_ms / ms,
+                    gbps, 100.0 * gbps / copy_gbps, 2.0 * n * k * batch / (ms / 1e3) / 1e12);
       }
     }
   }
@@ -630,6 +660,18 @@ int main(int argc, char** argv) {
     const Fp4Copy w = make_weight(Format::kNvfp4, 28672, 8192);
     const at::Tensor x = torch::randn({batch, 8192}, bf16);
     at::Tensor y = torch::empty({batch, 28672}, bf16);
+    if (std::strcmp(argv[2], "gemm") == 0) {  // fp4_gemm: --one gemm BATCH_TILE MAX_BLOCKS BATCH
+      fp4::GemmOptions gemm;
+      gemm.batch_tile = std::atoi(argv[3]);
+      gemm.max_blocks = std::atoi(argv[4]);
+      for (int i = 0; i < 5; ++i) {
+        check(fp4::fp4_gemm(w.view, x.data_ptr(), batch, fp4::Activation::kBf16, nullptr,
+                            y.data_ptr(), nullptr, gemm),
+              "fp4_gemm");
+      }
+      check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+      return 0;
+    }
     for (int i = 0; i < 5; ++i) {
       check(fp4::fp4_linear(w.view, x.data_ptr(), batch, fp4::Activation::kBf16, nullptr,
                             y.data_ptr(), nullptr, options),

@@ -2,27 +2,33 @@
 // kFusedMaxBatch, on Hopper's warpgroup MMA (wgmma), reading the packed codes and scales
 // directly: no dequantized weight is written anywhere.
 //
-// Shape of the kernel (docs/fp4.md, "batch above 16"):
-//  - A block owns 128 weight rows and BN (128 or 256) batch rows of y. Warpgroup 0 is the
-//    producer: one thread issues tensor memory accelerator (TMA) copies of each 128-wide k
-//    step (x: two 64-k boxes of BN rows in the 128-byte swizzle; codes: 128 rows x 64 bytes;
-//    scales every second step: 128 rows x 16 bytes) into a ring of kStages shared-memory
-//    stages, signalled by mbarriers. Warpgroups 1 and 2 consume 64 weight rows each.
+// Shape of the kernel (docs/fp4.md, "Above 16 batch rows"):
+//  - A tile is 128 weight rows x BN (64, 128 or 256) batch rows of y. In a block, warpgroup 0
+//    is the producer: one thread issues tensor memory accelerator (TMA) copies of each
+//    128-wide k step (x: two 64-k boxes of BN rows in the 128-byte swizzle; codes: 128 rows x
+//    64 bytes; scales: 128 rows x 16 bytes) into a ring of shared-memory stages (3 to 8, as
+//    many as fit), signalled by mbarriers. Warpgroups 1 and 2 consume 64 weight rows each.
 //  - The weight is wgmma's A operand, decoded into registers with the same bit operations as
 //    the mma.sync kernels (e2m1_word_bits): the E2M1 bits placed in a bf16 read as the value
 //    times 2^-126, multiplied by the block scale times 2^119, so every A element is the exact
 //    weight times 2^-7; the 2^7 and the tensor scale are given back in float32 at the end.
 //  - x is wgmma's B operand straight from shared memory. A lane's 16 code bytes of a step
 //    decode into its fragment in an order that is not k order, so x is first permuted once per
-//    call into that order (permute_x) and the TMA reads the permuted copy.
+//    call into that order, padded with zero rows to whole tiles (permute_x_kernel), and the
+//    TMA reads the permuted copy.
 //  - While one half-step's wgmma group runs, the consumer decodes the next half-step's A
 //    fragments into the other register set: the tensor cores and the decode overlap.
+//  - Blocks take whole tiles in waves; the tiles left over (or all of them, when there are
+//    too few for the SMs) can be shared step by step (stream-K): each block leaves the sums of
+//    a tile it did not finish in a float32 slot, and the last block to arrive adds the slots
+//    in block order, so the result does not depend on timing and no block ever waits.
 // Built for sm_90a only (wgmma and setmaxnreg are Hopper-specific); fp4_gemm_supported
 // refuses any other device.
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 
@@ -34,24 +40,45 @@
 namespace vb::backends::cuda::fp4 {
 namespace {
 
-constexpr int kGemmRows = 128;     // weight rows a block: two consumer warpgroups x 64
+constexpr int kGemmRows = 128;     // weight rows a tile: two consumer warpgroups x 64
 constexpr int kGemmThreads = 384;  // producer warpgroup + two consumer warpgroups
-constexpr int kGemmStages = 3;     // 128-wide k steps in flight (2 measured 12% slower)
-constexpr int kCodeTileBytes = kGemmRows * 64;   // codes of one step
-constexpr int kScaleTileBytes = kGemmRows * 16;  // scales of two steps (TMA boxes: >= 16 bytes)
+constexpr int kConsumerThreads = 256;
+constexpr int kCodeTileBytes = kGemmRows * 64;  // codes of one 128-wide k step
+// Scales of the step pair holding the step: a TMA box row is at least 16 bytes. Every stage
+// gets its own copy, so a block's run of steps may start on either step of a pair.
+constexpr int kScaleTileBytes = kGemmRows * 16;
+constexpr int kMaxSmemBytes = 227 * 1024;  // Hopper's dynamic shared memory per block
 constexpr int kProducerRegisters = 40;
 constexpr int kConsumerRegisters = 232;  // 128 x 40 + 256 x 232 <= the SM's 64 Ki registers
 
 template <int kBn>
 struct GemmLayout {
   static constexpr int kXBoxBytes = kBn * 64 * 2;  // BN rows x 64 k of bf16: 128-byte rows
-  static constexpr int kStageBytes = 2 * kXBoxBytes + kCodeTileBytes;
-  static constexpr int kScaleOffset = kGemmStages * kStageBytes;
-  static constexpr int kBarrierOffset = kScaleOffset + 2 * kScaleTileBytes;
-  // + 1024: the dynamic shared memory is realigned to the 128-byte swizzle's 1024-byte atom.
-  static constexpr int kSmemBytes = kBarrierOffset + 16 * kGemmStages + 1024;
+  static constexpr int kCodeOffset = 2 * kXBoxBytes;
+  static constexpr int kScaleOffset = kCodeOffset + kCodeTileBytes;
+  static constexpr int kStageBytes = kScaleOffset + kScaleTileBytes;
+  // As many stages as fit, at most 8 (3 at BN 256, 5 at 128, 8 at 64), after the barriers
+  // and 1024 bytes to realign the dynamic shared memory to the swizzle's 1024-byte atom.
+  static constexpr int kFit = (kMaxSmemBytes - 1024 - 16 * 8 - 16) / kStageBytes;
+  static constexpr int kStages = kFit < 8 ? kFit : 8;
+  static constexpr int kBarrierOffset = kStages * kStageBytes;
+  // Barriers, one int (the last block to reach a shared tile), realignment.
+  static constexpr int kSmemBytes = kBarrierOffset + 16 * kStages + 16 + 1024;
+  static_assert(kStages >= 2 && kSmemBytes <= kMaxSmemBytes, "stages do not fit");
 };
-static_assert(GemmLayout<256>::kSmemBytes <= 227 * 1024, "exceeds Hopper's shared memory");
+
+// What a launch computes; tiles are 128 weight rows x BN batch rows, numbered row block
+// first (consecutive tiles share x), each `steps` 128-wide k steps long.
+struct GemmParams {
+  float tensor_scale;
+  int n, k, batch;
+  int row_blocks;
+  int tiles;                  // tiles * (k / 128) < 2^31: fp4_gemm_supported
+  const __nv_bfloat16* bias;  // n values or null
+  __nv_bfloat16* y;           // [batch, n]
+  float* partials;            // per block, 2 slots of 256 threads x BN / 2 floats (shared tiles)
+  int* arrivals;              // per tile: blocks that have left their sums (zeroed before)
+};
 
 __device__ __forceinline__ void mbarrier_init(uint32_t bar, uint32_t count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
@@ -117,6 +144,25 @@ __device__ __forceinline__ void keep_registers(float (&r)[N]) {
 // D[64 x BN] += A[64 x 16] (registers: a0..a3) * B[16 x BN] (shared memory, `descriptor`).
 template <int kBn>
 struct Wgmma;
+
+template <>
+struct Wgmma<64> {
+  static __device__ __forceinline__ void mma(float (&d)[32], const uint32_t* a,
+                                             uint64_t descriptor) {
+    asm volatile(
+        "{\n .reg .pred p;\n setp.ne.b32 p, 1, 0;\n"  // accumulate into d
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,"
+        "%24,%25,%26,%27,%28,%29,%30,%31}, "
+        "{%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+          "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descriptor));
+  }
+};
 
 template <>
 struct Wgmma<128> {
@@ -224,45 +270,72 @@ __device__ __forceinline__ int step_k_of(int s, int e) {
   return 32 * t + 8 * w + nibble;
 }
 
-// xp[b][128 step + 16 s + e] = x[b][128 step + step_k_of(s, e)]; a thread writes 8 outputs.
+// xp[b][128 step + 16 s + e] = x[b][128 step + step_k_of(s, e)] for b < batch, and 0 for the
+// rows up to `padded_batch` (whole batch tiles: the TMA never reads past the end of xp, which
+// measured slower than reading zeros). A thread writes 8 outputs.
 __global__ void permute_x_kernel(const uint16_t* __restrict__ x, uint16_t* __restrict__ xp,
-                                 int64_t elements, int k) {
+                                 int64_t batch, int64_t padded_batch, int k) {
   const int64_t i = (int64_t{blockIdx.x} * blockDim.x + threadIdx.x) * 8;
-  if (i >= elements) return;
+  if (i >= padded_batch * k) return;
   const int64_t row = i / k;
-  const int kp = static_cast<int>(i % k);
-  const int step = kp / 128, s = (kp % 128) / 16, e0 = kp % 16;
-  const uint16_t* from = x + row * k + 128 * step;
-  uint32_t packed[4];
+  uint32_t packed[4] = {0, 0, 0, 0};
+  if (row < batch) {
+    const int kp = static_cast<int>(i % k);
+    const int step = kp / 128, s = (kp % 128) / 16, e0 = kp % 16;
+    const uint16_t* from = x + row * k + 128 * step;
 #pragma unroll
-  for (int e = 0; e < 8; e += 2) {
-    packed[e / 2] =
-        uint32_t{from[step_k_of(s, e0 + e)]} | (uint32_t{from[step_k_of(s, e0 + e + 1)]} << 16);
+    for (int e = 0; e < 8; e += 2) {
+      packed[e / 2] =
+          uint32_t{from[step_k_of(s, e0 + e)]} | (uint32_t{from[step_k_of(s, e0 + e + 1)]} << 16);
+    }
   }
   *reinterpret_cast<uint4*>(xp + i) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+}
+
+// The tiles left after the whole waves (one tile a block) are shared by all blocks step by
+// step (stream-K): block `block` of `blocks` owns steps [work * block / blocks,
+// work * (block + 1) / blocks) of those tiles' tile-major run of steps, so the last wave does
+// not run part-empty.
+__device__ __forceinline__ int first_step_of(int block, int blocks, int work) {
+  return static_cast<int>(int64_t{work} * block / blocks);
+}
+
+// The block whose steps include `step`.
+__device__ __forceinline__ int owner_of(int step, int blocks, int work) {
+  int block = static_cast<int>(int64_t{step} * blocks / work);
+  while (block + 1 < blocks && first_step_of(block + 1, blocks, work) <= step) ++block;
+  while (block > 0 && first_step_of(block, blocks, work) > step) --block;
+  return block;
+}
+
+__device__ __forceinline__ void consumer_barrier() {
+  asm volatile("bar.sync 1, %0;\n" ::"n"(kConsumerThreads) : "memory");
 }
 
 template <int kBn>
 __global__ void __launch_bounds__(kGemmThreads, 1)
     fp4_gemm_kernel(const __grid_constant__ CUtensorMap x_map,
                     const __grid_constant__ CUtensorMap code_map,
-                    const __grid_constant__ CUtensorMap scale_map, float tensor_scale, int n, int k,
-                    int batch, const __nv_bfloat16* __restrict__ bias,
-                    __nv_bfloat16* __restrict__ y) {
+                    const __grid_constant__ CUtensorMap scale_map, const GemmParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Layout = GemmLayout<kBn>;
+  constexpr int kStages = Layout::kStages;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem =
       reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
   const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   const uint32_t full = base + Layout::kBarrierOffset;  // stage s: full + 8 s
-  const uint32_t empty = full + 8 * kGemmStages;
-  const int steps = k / 128;
+  const uint32_t empty = full + 8 * kStages;
+  const int steps = p.k / 128;
+  // Tiles [0, whole) in waves of one tile a block (tile blockIdx.x + w gridDim.x), then the
+  // rest shared: `work` steps, this block's share [my_first, my_end).
+  const int whole = p.tiles / gridDim.x * gridDim.x;
+  const int work = (p.tiles - whole) * steps;  // < 2^31: fp4_gemm_supported
+  const int my_first = first_step_of(blockIdx.x, gridDim.x, work);
+  const int my_end = first_step_of(blockIdx.x + 1, gridDim.x, work);
   const int warpgroup = threadIdx.x / 128;
-  const int row_block = blockIdx.x * kGemmRows;
-  const int batch_block = blockIdx.y * kBn;
   if (threadIdx.x == 0) {
-    for (int s = 0; s < kGemmStages; ++s) {
+    for (int s = 0; s < kStages; ++s) {
       mbarrier_init(full + 8 * s, 1);
       mbarrier_init(empty + 8 * s, 8);  // one arrival per consumer warp
     }
@@ -270,42 +343,65 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
   }
   __syncthreads();
+  // The block's work as segments, steps [s0, s1) of tile `tile`: its whole tiles, then one
+  // segment per shared tile its share touches. `next` is where the walk stands.
+  struct Walk {
+    int whole_tile, at;
+  };
+  auto next_segment = [&](Walk& w, int& tile, int& s0, int& s1) {
+    if (w.whole_tile < whole) {
+      tile = w.whole_tile;
+      w.whole_tile += gridDim.x;
+      s0 = 0;
+      s1 = steps;
+      return true;
+    }
+    if (w.at >= my_end) return false;
+    tile = whole + w.at / steps;
+    s0 = w.at % steps;
+    s1 = min(steps, s0 + (my_end - w.at));
+    w.at += s1 - s0;
+    return true;
+  };
 
-  if (warpgroup == 0) {  // the producer
+  if (warpgroup == 0) {  // the producer: one thread issues every copy
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegisters));
-    if (threadIdx.x == 0) {
-      for (int j = 0; j < steps; ++j) {
-        const int s = j % kGemmStages;
-        // Step j - kGemmStages, the stage's last occupant, has been released by every warp.
-        if (j >= kGemmStages) mbarrier_wait(empty + 8 * s, (j / kGemmStages - 1) & 1);
-        const bool with_scales = j % 2 == 0;
-        mbarrier_expect_bytes(full + 8 * s,
-                              Layout::kStageBytes + (with_scales ? kScaleTileBytes : 0));
+    if (threadIdx.x != 0) return;
+    int it = 0;  // the block's step count: stage it % kStages, its (it / kStages)-th use
+    Walk walk{static_cast<int>(blockIdx.x), my_first};
+    int tile, s0, s1;
+    while (next_segment(walk, tile, s0, s1)) {
+      const int row_block = static_cast<int>(tile % p.row_blocks) * kGemmRows;
+      const int batch_block = static_cast<int>(tile / p.row_blocks) * kBn;
+      for (int j = s0; j < s1; ++j, ++it) {
+        const int s = it % kStages;
+        // The stage's previous occupant has been released by every consumer warp.
+        if (it >= kStages) mbarrier_wait(empty + 8 * s, (it / kStages - 1) & 1);
+        mbarrier_expect_bytes(full + 8 * s, Layout::kStageBytes);
         const uint32_t stage = base + s * Layout::kStageBytes;
         tma_load_2d(stage, &x_map, full + 8 * s, 128 * j, batch_block);
         tma_load_2d(stage + Layout::kXBoxBytes, &x_map, full + 8 * s, 128 * j + 64, batch_block);
-        tma_load_2d(stage + 2 * Layout::kXBoxBytes, &code_map, full + 8 * s, 64 * j, row_block);
-        if (with_scales) {  // slot (j / 2) % 2 was last read by steps j - 4, j - 3: released
-          tma_load_2d(base + Layout::kScaleOffset + (j / 2) % 2 * kScaleTileBytes, &scale_map,
-                      full + 8 * s, 16 * (j / 2), row_block);
-        }
+        tma_load_2d(stage + Layout::kCodeOffset, &code_map, full + 8 * s, 64 * j, row_block);
+        tma_load_2d(stage + Layout::kScaleOffset, &scale_map, full + 8 * s, 16 * (j / 2),
+                    row_block);
       }
     }
     return;
   }
 
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegisters));
+  const int consumer = threadIdx.x - 128;  // 0..255
   const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int local_row = 64 * (warpgroup - 1) + 16 * warp + g;  // and local_row + 8
   uint4 codes[2];      // this lane's 16 code bytes of the step, rows local_row and + 8
   uint32_t scales[2];  // and their two block scales
-  auto read_step = [&](int j) {
-    const int s = j % kGemmStages;
-    mbarrier_wait(full + 8 * s, (j / kGemmStages) & 1);
-    const uint8_t* code_tile = smem + s * Layout::kStageBytes + 2 * Layout::kXBoxBytes + 16 * t;
-    const uint8_t* scale_tile =
-        smem + Layout::kScaleOffset + (j / 2) % 2 * kScaleTileBytes + 8 * (j % 2) + 2 * t;
+  auto read_step = [&](int it, int j) {
+    const int s = it % kStages;
+    mbarrier_wait(full + 8 * s, (it / kStages) & 1);
+    const uint8_t* stage = smem + s * Layout::kStageBytes;
+    const uint8_t* code_tile = stage + Layout::kCodeOffset + 16 * t;
+    const uint8_t* scale_tile = stage + Layout::kScaleOffset + 8 * (j % 2) + 2 * t;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       codes[h] = *reinterpret_cast<const uint4*>(code_tile + (local_row + 8 * h) * 64);
@@ -331,59 +427,118 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
       }
     }
   };
+  // This thread's share of a block's unfinished tile (which 0: the block's first segment, 1:
+  // its last), in the same register order in every block.
+  auto partial_slot = [&](int block, int which) {
+    return p.partials + ((int64_t{block} * 2 + which) * kConsumerThreads + consumer) * (kBn / 2);
+  };
+  int* last_flag = reinterpret_cast<int*>(smem + Layout::kBarrierOffset + 16 * kStages);
 
   float d[kBn / 2];
-#pragma unroll
-  for (int i = 0; i < kBn / 2; ++i) d[i] = 0.0f;
-  keep_registers(d);
   uint32_t a0[16], a1[16];  // the step's first and second half
-  read_step(0);
-  decode_half(0, a0);
-  for (int j = 0; j < steps; ++j) {
-    const uint32_t x_stage = base + (j % kGemmStages) * Layout::kStageBytes;
-    wgmma_fence();
+  int it = 0;
+  Walk walk{static_cast<int>(blockIdx.x), my_first};
+  int tile, s0, s1;
+  while (next_segment(walk, tile, s0, s1)) {
 #pragma unroll
-    for (int s = 0; s < 4; ++s)
-      Wgmma<kBn>::mma(d, a0 + 4 * s, swizzled_descriptor(x_stage + 32 * s));
-    wgmma_commit();
+    for (int i = 0; i < kBn / 2; ++i) d[i] = 0.0f;
     keep_registers(d);
-    wgmma_wait<1>();  // step j - 1's second half is done: release its stage
-    keep_registers(a1);
-    if (j > 0 && lane == 0) mbarrier_arrive(empty + 8 * ((j - 1) % kGemmStages));
-    decode_half(1, a1);
-    wgmma_fence();
+    read_step(it, s0);
+    decode_half(0, a0);
+    for (int j = s0; j < s1; ++j, ++it) {
+      const uint32_t x_stage = base + (it % kStages) * Layout::kStageBytes;
+      wgmma_fence();
 #pragma unroll
-    for (int s = 0; s < 4; ++s) {
-      Wgmma<kBn>::mma(d, a1 + 4 * s, swizzled_descriptor(x_stage + Layout::kXBoxBytes + 32 * s));
+      for (int s = 0; s < 4; ++s) {
+        Wgmma<kBn>::mma(d, a0 + 4 * s, swizzled_descriptor(x_stage + 32 * s));
+      }
+      wgmma_commit();
+      keep_registers(d);
+      wgmma_wait<1>();  // the previous step's second half is done: release its stage
+      keep_registers(a1);
+      if (j > s0 && lane == 0) mbarrier_arrive(empty + 8 * ((it - 1) % kStages));
+      decode_half(1, a1);
+      wgmma_fence();
+#pragma unroll
+      for (int s = 0; s < 4; ++s) {
+        Wgmma<kBn>::mma(d, a1 + 4 * s, swizzled_descriptor(x_stage + Layout::kXBoxBytes + 32 * s));
+      }
+      wgmma_commit();
+      keep_registers(d);
+      wgmma_wait<1>();  // this step's first half is done: a0 may change
+      keep_registers(a0);
+      if (j + 1 < s1) {
+        read_step(it + 1, j + 1);
+        decode_half(0, a0);
+      }
     }
-    wgmma_commit();
+    wgmma_wait<0>();
     keep_registers(d);
-    wgmma_wait<1>();  // this step's first half is done: a0 may change
     keep_registers(a0);
-    if (j + 1 < steps) {
-      read_step(j + 1);
-      decode_half(0, a0);
-    }
-  }
-  wgmma_wait<0>();
-  keep_registers(d);
-  keep_registers(a0);
-  keep_registers(a1);
+    keep_registers(a1);
+    if (lane == 0) mbarrier_arrive(empty + 8 * ((it - 1) % kStages));
 
-  // d[4 c + e]: weight row local_row + 8 (e / 2), batch row batch_block + 8 c + 2 t + e % 2.
-  const float out_scale = tensor_scale * 0x1p7f;
+    if (s0 > 0 || s1 < steps) {
+      // A tile shared with other blocks: each leaves its sums in a slot (a block's first
+      // segment may start inside a tile, its last may end inside one: two slots a block), and
+      // the last to arrive adds them all in block order and writes y. Nobody waits, so blocks
+      // that are not resident at the same time (other kernels on the GPU) cannot deadlock,
+      // and the sum order does not depend on who arrives last.
+      const int tile_first = (tile - whole) * steps, tile_last = tile_first + steps - 1;
+      float* slot = partial_slot(blockIdx.x, s0 > 0 ? 0 : 1);
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int row = row_block + local_row + 8 * h;
-    if (row >= n) continue;
-    const float b = bias == nullptr ? 0.0f : __bfloat162float(bias[row]);
+      for (int i = 0; i < kBn / 2; i += 4) {
+        __stcg(reinterpret_cast<float4*>(slot + i),
+               make_float4(d[i], d[i + 1], d[i + 2], d[i + 3]));
+      }
+      __threadfence();
+      consumer_barrier();
+      if (consumer == 0) {
+        const int first = owner_of(tile_first, gridDim.x, work);
+        const int sharing = owner_of(tile_last, gridDim.x, work) - first + 1;
+        const int arrived = atomicAdd(p.arrivals + tile, 1) + 1;
+        __threadfence();
+        *last_flag = arrived == sharing ? 1 : 0;
+      }
+      consumer_barrier();
+      const bool last = *last_flag != 0;
+      consumer_barrier();  // everyone has read the flag before a later segment rewrites it
+      if (!last) continue;
 #pragma unroll
-    for (int c = 0; c < kBn / 8; ++c) {
+      for (int i = 0; i < kBn / 2; ++i) d[i] = 0.0f;
+      const int first = owner_of(tile_first, gridDim.x, work);
+      const int final_block = owner_of(tile_last, gridDim.x, work);
+      for (int block = first; block <= final_block; ++block) {
+        const float* other =
+            partial_slot(block, first_step_of(block, gridDim.x, work) > tile_first ? 0 : 1);
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int b_row = batch_block + 8 * c + 2 * t + e;
-        if (b_row < batch) {
-          y[int64_t{b_row} * n + row] = __float2bfloat16(d[4 * c + 2 * h + e] * out_scale + b);
+        for (int i = 0; i < kBn / 2; i += 4) {
+          const float4 v = __ldcg(reinterpret_cast<const float4*>(other + i));
+          d[i] += v.x;
+          d[i + 1] += v.y;
+          d[i + 2] += v.z;
+          d[i + 3] += v.w;
+        }
+      }
+    }
+    // d[4 c + 2 h + e]: weight row local_row + 8 h, batch row 8 c + 2 t + e of the tile.
+    const int row_block = static_cast<int>(tile % p.row_blocks) * kGemmRows;
+    const int batch_block = static_cast<int>(tile / p.row_blocks) * kBn;
+    const float out_scale = p.tensor_scale * 0x1p7f;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = row_block + local_row + 8 * h;
+      if (row >= p.n) continue;
+      const float b = p.bias == nullptr ? 0.0f : __bfloat162float(p.bias[row]);
+#pragma unroll
+      for (int c = 0; c < kBn / 8; ++c) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int b_row = batch_block + 8 * c + 2 * t + e;
+          if (b_row < p.batch) {
+            p.y[int64_t{b_row} * p.n + row] =
+                __float2bfloat16(d[4 * c + 2 * h + e] * out_scale + b);
+          }
         }
       }
     }
@@ -452,13 +607,68 @@ absl::Status check_alignment(const void* p, int bytes, const char* what) {
   return absl::OkStatus();
 }
 
+// Scratch memory of one call: x permuted and padded to whole batch tiles, each block's two
+// partial-sum slots, and each tile's arrival count.
+struct GemmScratch {
+  int64_t padded_batch = 0;
+  size_t x_bytes = 0, partial_bytes = 0, arrival_bytes = 0;
+  size_t total() const { return x_bytes + partial_bytes + arrival_bytes; }
+};
+
+GemmScratch gemm_scratch(int64_t batch, int64_t k, int batch_tile, int blocks, int64_t tiles) {
+  auto round_up = [](size_t v) { return (v + 255) / 256 * 256; };
+  GemmScratch s;
+  s.padded_batch = (batch + batch_tile - 1) / batch_tile * batch_tile;
+  s.x_bytes = round_up(static_cast<size_t>(s.padded_batch * k * 2));
+  s.partial_bytes =
+      round_up(sizeof(float) * static_cast<size_t>(blocks) * 2 * kConsumerThreads * batch_tile / 2);
+  s.arrival_bytes = round_up(sizeof(int) * static_cast<size_t>(tiles));
+  return s;
+}
+
+// The batch tile and the grid of a call. A grid of one block a tile runs whole tiles in
+// ceil(tiles / SMs) waves; where that would leave more than half the SMs idle, a grid of one
+// block an SM shares the tiles step by step instead. Sharing costs about twice as much a step
+// (the blocks stand at different k; measured, fp4_bench --gemm, docs/fp4.md), so it only pays
+// there. The batch tile is the cheapest by the measured cost of a step at each tile on the
+// H200 (relative: 0.9 at 64 batch rows, 1.1 at 128, 1.6 at 256).
+struct GemmPlan {
+  int batch_tile = 0;
+  int64_t blocks = 0;
+};
+
+GemmPlan plan_gemm(int64_t batch, int64_t row_blocks, int64_t steps, int sms,
+                   const GemmOptions& options) {
+  struct TileCost {
+    int batch_tile;
+    double step;
+  };
+  constexpr TileCost kTileCosts[] = {{64, 0.9}, {128, 1.1}, {256, 1.6}};
+  constexpr double kSharedStep = 2.0;
+  GemmPlan best;
+  double best_cost = 0;
+  for (const TileCost& c : kTileCosts) {
+    if (options.batch_tile != 0 && options.batch_tile != c.batch_tile) continue;
+    const int64_t tiles = row_blocks * ((batch + c.batch_tile - 1) / c.batch_tile);
+    const bool share = 2 * tiles <= sms;
+    const double cost = share ? static_cast<double>(tiles) / sms * kSharedStep * c.step
+                              : static_cast<double>((tiles + sms - 1) / sms) * c.step;
+    if (best.batch_tile == 0 || cost < best_cost) {
+      const int64_t blocks = options.max_blocks > 0 ? options.max_blocks : share ? sms : tiles;
+      best = {c.batch_tile, std::min<int64_t>(blocks, tiles * steps)};
+      best_cost = cost;
+    }
+  }
+  return best;
+}
+
 template <int kBn>
-absl::Status launch_gemm(const DeviceWeightView& w, const uint16_t* xp, int64_t batch,
-                         const void* bias, void* y, cudaStream_t stream) {
+absl::Status launch_gemm(const DeviceWeightView& w, const uint16_t* xp, int64_t padded_batch,
+                         GemmParams params, int blocks, cudaStream_t stream) {
   using Layout = GemmLayout<kBn>;
   VB_ASSIGN_OR_RETURN(const CUtensorMap x_map,
-                      tensor_map(CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, xp, w.k, batch, w.k * 2, 64, kBn,
-                                 CU_TENSOR_MAP_SWIZZLE_128B, "x"));
+                      tensor_map(CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, xp, w.k, padded_batch, w.k * 2,
+                                 64, kBn, CU_TENSOR_MAP_SWIZZLE_128B, "x"));
   VB_ASSIGN_OR_RETURN(const CUtensorMap code_map,
                       tensor_map(CU_TENSOR_MAP_DATA_TYPE_UINT8, w.codes, w.k / 2, w.n, w.k / 2, 64,
                                  kGemmRows, CU_TENSOR_MAP_SWIZZLE_NONE, "codes"));
@@ -469,12 +679,9 @@ absl::Status launch_gemm(const DeviceWeightView& w, const uint16_t* xp, int64_t 
       cudaFuncSetAttribute(fp4_gemm_kernel<kBn>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            Layout::kSmemBytes),
       "cudaFuncSetAttribute(fp4_gemm)"));
-  const dim3 grid(static_cast<unsigned>((w.n + kGemmRows - 1) / kGemmRows),
-                  static_cast<unsigned>((batch + kBn - 1) / kBn));
-  fp4_gemm_kernel<kBn><<<grid, kGemmThreads, Layout::kSmemBytes, stream>>>(
-      x_map, code_map, scale_map, w.tensor_scale, static_cast<int>(w.n), static_cast<int>(w.k),
-      static_cast<int>(batch), static_cast<const __nv_bfloat16*>(bias),
-      static_cast<__nv_bfloat16*>(y));
+  params.tiles = static_cast<int>(params.row_blocks * (padded_batch / kBn));
+  fp4_gemm_kernel<kBn>
+      <<<blocks, kGemmThreads, Layout::kSmemBytes, stream>>>(x_map, code_map, scale_map, params);
   return cuda_status(cudaGetLastError(), "fp4_gemm kernel launch");
 }
 
@@ -501,6 +708,14 @@ absl::Status fp4_gemm_supported(const DeviceWeightView& weight, int64_t batch, A
     return absl::InvalidArgumentError(
         absl::StrCat("fp4_gemm: batch ", batch, ": expected 1..", 65535 * 128));
   }
+  // The kernel counts steps of 128 weight rows x 64 batch rows x 128 k (its smallest tile) in
+  // 32-bit integers.
+  const int64_t most_steps = (weight.n + 127) / 128 * ((batch + 63) / 64) * (weight.k / 128);
+  if (most_steps >= (int64_t{1} << 31)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("fp4_gemm: ", weight.n, " x ", weight.k, " weight at batch ", batch,
+                     ": more than 2^31 tile steps of 128 x 64 x 128; split the batch"));
+  }
   VB_RETURN_IF_ERROR(check_alignment(weight.codes, 16, "weight codes"));
   VB_RETURN_IF_ERROR(check_alignment(weight.scales, 16, "weight scales"));
   int device = 0, major = 0, minor = 0;
@@ -520,8 +735,17 @@ absl::Status fp4_gemm_supported(const DeviceWeightView& weight, int64_t batch, A
 }
 
 absl::Status fp4_gemm(const DeviceWeightView& weight, const void* x, int64_t batch, Activation type,
-                      const void* bias, void* y, cudaStream_t stream) {
+                      const void* bias, void* y, cudaStream_t stream, GemmOptions options) {
   VB_RETURN_IF_ERROR(fp4_gemm_supported(weight, batch, type));
+  if (options.batch_tile != 0 && options.batch_tile != 64 && options.batch_tile != 128 &&
+      options.batch_tile != 256) {
+    return absl::InvalidArgumentError(absl::StrCat("fp4_gemm: batch_tile = ", options.batch_tile,
+                                                   ": expected 0 (chosen), 64, 128 or 256"));
+  }
+  if (options.max_blocks < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("fp4_gemm: max_blocks = ", options.max_blocks,
+                                                   ": expected 0 (one per SM) or more"));
+  }
   if (x == nullptr || y == nullptr) {
     return absl::InvalidArgumentError("fp4_gemm: x or y is null");
   }
@@ -535,28 +759,52 @@ absl::Status fp4_gemm(const DeviceWeightView& weight, const void* x, int64_t bat
                   "cudaDeviceGetAttribute"));
   VB_RETURN_IF_ERROR(keep_scratch_pool(device));
 
-  // x in the decode's k order, in stream-ordered scratch memory.
-  const int64_t elements = batch * weight.k;
-  void* xp = nullptr;
+  const int64_t row_blocks = (weight.n + kGemmRows - 1) / kGemmRows;
+  const GemmPlan plan = plan_gemm(batch, row_blocks, weight.k / 128, sms, options);
+  const int batch_tile = plan.batch_tile;
+  const int64_t tiles = row_blocks * ((batch + batch_tile - 1) / batch_tile);
+  const int64_t blocks = plan.blocks;
+  const GemmScratch scratch =
+      gemm_scratch(batch, weight.k, batch_tile, static_cast<int>(blocks), tiles);
+
+  uint8_t* memory = nullptr;
   VB_RETURN_IF_ERROR(
-      cuda_status(cudaMallocAsync(&xp, elements * 2, stream), "cudaMallocAsync(fp4_gemm x)"));
+      cuda_status(cudaMallocAsync(reinterpret_cast<void**>(&memory), scratch.total(), stream),
+                  "cudaMallocAsync(fp4_gemm scratch)"));
   auto permute_and_multiply = [&]() -> absl::Status {
-    const int64_t threads = 256, blocks = (elements / 8 + threads - 1) / threads;
-    permute_x_kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
-        static_cast<const uint16_t*>(x), static_cast<uint16_t*>(xp), elements,
+    auto* xp = reinterpret_cast<uint16_t*>(memory);
+    const int64_t elements = scratch.padded_batch * weight.k;
+    const int64_t threads = 256, permute_blocks = (elements / 8 + threads - 1) / threads;
+    permute_x_kernel<<<static_cast<unsigned>(permute_blocks), threads, 0, stream>>>(
+        static_cast<const uint16_t*>(x), xp, batch, scratch.padded_batch,
         static_cast<int>(weight.k));
     VB_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "fp4_gemm permute launch"));
-    // 256 batch rows a block halve the decode work per product, but where that leaves SMs
-    // without a block (8192 rows: 64 blocks for 132 SMs) 128 rows a block are faster.
-    const int64_t row_blocks = (weight.n + kGemmRows - 1) / kGemmRows;
-    const auto* permuted = static_cast<const uint16_t*>(xp);
-    if (batch > 128 && row_blocks * ((batch + 255) / 256) >= sms) {
-      return launch_gemm<256>(weight, permuted, batch, bias, y, stream);
+    int* arrivals = reinterpret_cast<int*>(memory + scratch.x_bytes + scratch.partial_bytes);
+    VB_RETURN_IF_ERROR(cuda_status(cudaMemsetAsync(arrivals, 0, scratch.arrival_bytes, stream),
+                                   "cudaMemsetAsync(fp4_gemm arrivals)"));
+    GemmParams params{};
+    params.tensor_scale = weight.tensor_scale;
+    params.n = static_cast<int>(weight.n);
+    params.k = static_cast<int>(weight.k);
+    params.batch = static_cast<int>(batch);
+    params.row_blocks = static_cast<int>(row_blocks);
+    params.bias = static_cast<const __nv_bfloat16*>(bias);
+    params.y = static_cast<__nv_bfloat16*>(y);
+    params.partials = reinterpret_cast<float*>(memory + scratch.x_bytes);
+    params.arrivals = arrivals;
+    const int grid = static_cast<int>(blocks);
+    switch (batch_tile) {
+      case 64:
+        return launch_gemm<64>(weight, xp, scratch.padded_batch, params, grid, stream);
+      case 128:
+        return launch_gemm<128>(weight, xp, scratch.padded_batch, params, grid, stream);
+      default:
+        return launch_gemm<256>(weight, xp, scratch.padded_batch, params, grid, stream);
     }
-    return launch_gemm<128>(weight, permuted, batch, bias, y, stream);
   };
   const absl::Status status = permute_and_multiply();
-  const absl::Status freed = cuda_status(cudaFreeAsync(xp, stream), "cudaFreeAsync(fp4_gemm x)");
+  const absl::Status freed =
+      cuda_status(cudaFreeAsync(memory, stream), "cudaFreeAsync(fp4_gemm scratch)");
   return status.ok() ? freed : status;
 }
 

@@ -142,12 +142,25 @@ absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t b
 // FAILED_PRECONDITION naming the field and what was expected.
 absl::Status fp4_gemm_supported(const DeviceWeightView& weight, int64_t batch, Activation type);
 
+// fp4_gemm's shape; by default both are chosen by a cost model measured on the H200
+// (docs/fp4.md).
+struct GemmOptions {
+  // Batch rows a tile: 64, 128 or 256 (0: chosen).
+  int batch_tile = 0;
+  // Blocks of the grid (0: chosen), at most one per 128-wide k step. The tiles that fill whole
+  // waves of blocks go one to a block; the rest are shared step by step (stream-K). As many
+  // blocks as tiles: one tile a block; one per SM: the last wave shared.
+  int max_blocks = 0;
+};
+
 // y[b, j] = sum_k x[b, k] * W[j, k] (+ bias[j]) for any batch >= 1 (meant for batch > 16,
 // where the fp4_linear kernels stop), float32 accumulation, each output rounded to bf16 once.
-// x: [batch, k] bf16, 16-byte aligned; bias: n bf16 values or null; y: [batch, n] bf16. Takes
-// batch * k * 2 bytes of stream-ordered scratch memory for x in the decode's k order.
+// x: [batch, k] bf16, 16-byte aligned; bias: n bf16 values or null; y: [batch, n] bf16.
+// Stream-ordered scratch memory: x permuted into the decode's k order and padded to whole
+// batch tiles (about batch * k * 2 bytes), and a float32 slot of 128 x batch_tile values per
+// block for the tiles blocks share. The sum order is fixed: the same inputs give the same bits.
 absl::Status fp4_gemm(const DeviceWeightView& weight, const void* x, int64_t batch, Activation type,
-                      const void* bias, void* y, cudaStream_t stream);
+                      const void* bias, void* y, cudaStream_t stream, GemmOptions options = {});
 
 // Makes the device's default stream-ordered memory pool keep freed scratch memory (the k-split
 // workspace, fp4_gemm's permuted x) instead of returning it to the driver at every

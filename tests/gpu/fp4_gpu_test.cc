@@ -869,11 +869,15 @@ bool hopper_visible() {
 }
 
 // fp4_gemm on NVFP4 weights quantized from Gaussians whose rows span `decades` powers of ten
-// (the small rows' block scales reach E4M3's subnormals), against float64.
-void check_gemm(int64_t n, int64_t k, int64_t batch, bool with_bias, int decades, unsigned seed) {
+// (the small rows' block scales reach E4M3's subnormals), against float64; run twice, the two
+// results must agree bit for bit (blocks sharing a tile add their sums in a fixed order).
+void check_gemm(int64_t n, int64_t k, int64_t batch, bool with_bias, int decades, unsigned seed,
+                GemmOptions options = {}) {
   const std::string label = "fp4_gemm n=" + std::to_string(n) + " k=" + std::to_string(k) +
                             " batch=" + std::to_string(batch) + (with_bias ? " +bias" : "") +
-                            " rows over " + std::to_string(decades) + " decades";
+                            " rows over " + std::to_string(decades) + " decades, batch_tile " +
+                            std::to_string(options.batch_tile) + ", max_blocks " +
+                            std::to_string(options.max_blocks);
   std::vector<float> wf = gaussian(n * k, seed, 0.02f);
   for (int64_t j = 0; j < n; ++j) {
     const float row_scale = std::pow(10.0f, -static_cast<float>(j % decades));
@@ -893,16 +897,23 @@ void check_gemm(int64_t n, int64_t k, int64_t batch, bool with_bias, int decades
   dx.upload(x);
   if (with_bias) dbias.upload(bias);
   const std::vector<double> ref = reference(x, batch, *q, bias, Activation::kBf16);
-  for (int run = 0; run < 2; ++run) {  // twice: a race would show as a moving error
+  std::vector<uint16_t> first;
+  for (int run = 0; run < 2; ++run) {
     dy.poison();
-    const absl::Status status = fp4_gemm((*device)->view(), dx.get(), batch, Activation::kBf16,
-                                         with_bias ? dbias.get() : nullptr, dy.get(), nullptr);
+    const absl::Status status =
+        fp4_gemm((*device)->view(), dx.get(), batch, Activation::kBf16,
+                 with_bias ? dbias.get() : nullptr, dy.get(), nullptr, options);
     ASSERT_TRUE(status.ok()) << label << ": " << status;
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << label;
-    const double error =
-        checked_error(dy.download<uint16_t>(batch * n), ref, Activation::kBf16, label);
+    const std::vector<uint16_t> y = dy.download<uint16_t>(batch * n);
+    const double error = checked_error(y, ref, Activation::kBf16, label);
     EXPECT_LT(error, 1e-2) << label;
-    if (run == 0) std::printf("GPU %s: relative error %.2e\n", label.c_str(), error);
+    if (run == 0) {
+      std::printf("GPU %s: relative error %.2e\n", label.c_str(), error);
+      first = y;
+    } else {
+      EXPECT_TRUE(y == first) << label << ": two runs differ";
+    }
   }
 }
 
@@ -912,9 +923,30 @@ TEST(Fp4GpuTest, GemmMatchesFloat64) {
   unsigned seed = 300;
   check_gemm(256, 256, 17, true, 1, seed++);     // the smallest k, batch just past fp4_linear
   check_gemm(300, 512, 40, false, 8, seed++);    // n not a multiple of 128: rows read as zero
-  check_gemm(1000, 1024, 300, true, 4, seed++);  // three 128-row batch tiles, the last partial
-  // 132 row blocks x 2 batch tiles fill an H200's 132 SMs: the 256-row batch tile, partial.
+  check_gemm(1000, 1024, 300, true, 4, seed++);  // two 256-row batch tiles, the last partial
+  // 132 row blocks x 2 batch tiles: a whole number of tiles for each block of an H200.
   check_gemm(128 * 132, 256, 257, true, 2, seed++);
+  // Every batch tile on one shape.
+  for (int tile : {64, 128, 256}) {
+    GemmOptions options;
+    options.batch_tile = tile;
+    check_gemm(384, 1024, 100, true, 3, seed++, options);
+  }
+}
+
+// Grids that share tiles between blocks (stream-K) on 3 x 2 tiles of 8 steps: every tile
+// whole (1 block; 2: three waves), whole waves then tiles shared (4, 5), every tile shared and
+// runs that start and end inside one tile (7, 13, 47).
+TEST(Fp4GpuTest, GemmBlocksShareTilesExactly) {
+  SKIP_WITHOUT_GPU();
+  if (!hopper_visible()) GTEST_SKIP() << "fp4_gemm needs a compute capability 9.0 GPU";
+  unsigned seed = 400;
+  for (int blocks : {1, 2, 4, 5, 7, 13, 47}) {
+    GemmOptions options;
+    options.batch_tile = 64;
+    options.max_blocks = blocks;
+    check_gemm(300, 1024, 70, true, 2, seed++, options);
+  }
 }
 
 // fp4_gemm's value checks come before any CUDA call: they run without a GPU too (CI), on a
@@ -958,6 +990,16 @@ TEST(Fp4OptionsTest, GemmRefusesWhatItCannotRun) {
     const absl::Status run = fp4_gemm(c.weight, placeholder(0x30000), c.batch, c.type, nullptr,
                                       placeholder(0x40000), nullptr);
     EXPECT_EQ(run, supported);
+  }
+  // Bad options, on a weight fp4_gemm takes.
+  for (const auto& [options, expected] :
+       {std::pair<GemmOptions, const char*>{{96, 0}, "batch_tile = 96: expected 0 (chosen)"},
+        {{0, -1}, "max_blocks = -1: expected 0 (one per SM) or more"}}) {
+    if (!hopper_visible()) break;  // the weight is refused first (no GPU, or not Hopper)
+    const absl::Status run = fp4_gemm(nvfp4, placeholder(0x30000), 32, Activation::kBf16, nullptr,
+                                      placeholder(0x40000), nullptr, options);
+    EXPECT_TRUE(absl::IsInvalidArgument(run)) << expected << ": " << run;
+    EXPECT_NE(run.message().find(expected), absl::string_view::npos) << expected << ": " << run;
   }
   if (!hopper_visible()) {  // the device check: no GPU, or not Hopper
     EXPECT_FALSE(fp4_gemm_supported(nvfp4, 32, Activation::kBf16).ok());
