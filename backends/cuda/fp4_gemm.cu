@@ -305,7 +305,8 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
   // Tiles [0, whole) in waves of one tile a block (tile blockIdx.x + w gridDim.x), then the
   // rest shared: `work` steps, this block's share [my_first, my_end).
   const int whole = p.tiles / gridDim.x * gridDim.x;
-  const int work = (p.tiles - whole) * steps;  // < 2^31: fp4_gemm_supported
+  // < 2^31 (fp4_gemm_supported), and 0 or at least one step a block (plan_gemm).
+  const int work = (p.tiles - whole) * steps;
   const int my_first = first_step_of(blockIdx.x, gridDim.x, work);
   const int my_end = first_step_of(blockIdx.x + 1, gridDim.x, work);
   const int warpgroup = threadIdx.x / 128;
@@ -629,8 +630,13 @@ GemmPlan plan_gemm(int64_t batch, int64_t row_blocks, int64_t steps, int sms,
     const double cost = share ? static_cast<double>(tiles) / sms * kSharedStep * c.step
                               : static_cast<double>((tiles + sms - 1) / sms) * c.step;
     if (best.batch_tile == 0 || cost < best_cost) {
-      const int64_t blocks = options.max_blocks > 0 ? options.max_blocks : share ? sms : tiles;
-      best = {c.batch_tile, std::min<int64_t>(blocks, tiles * steps)};
+      int64_t blocks = options.max_blocks > 0 ? options.max_blocks : share ? sms : tiles;
+      blocks = std::min<int64_t>(blocks, tiles * steps);
+      // Every block gets a step of the shared tiles, or no tile is shared: the kernel counts
+      // a shared tile's blocks from their runs, and an empty run would never arrive. Only a
+      // max_blocks can break this (k = 256, 6 tiles, 5 blocks: 2 shared steps for 5 blocks).
+      while (blocks > 1 && tiles % blocks != 0 && (tiles % blocks) * steps < blocks) --blocks;
+      best = {c.batch_tile, blocks};
       best_cost = cost;
     }
   }

@@ -147,9 +147,10 @@ absl::Status fp4_gemm_supported(const DeviceWeightView& weight, int64_t batch, A
 struct GemmOptions {
   // Batch rows a tile: 64, 128 or 256 (0: chosen).
   int batch_tile = 0;
-  // Blocks of the grid (0: chosen), at most one per 128-wide k step. The tiles that fill whole
-  // waves of blocks go one to a block; the rest are shared step by step (stream-K). As many
-  // blocks as tiles: one tile a block; one per SM: the last wave shared.
+  // At most this many blocks in the grid (0: chosen): never more than the 128-wide k steps,
+  // and fewer where the shared tiles would leave a block without a step. The tiles that fill
+  // whole waves of blocks go one to a block; the rest are shared step by step (stream-K). As
+  // many blocks as tiles: one tile a block; one per SM: the last wave shared.
   int max_blocks = 0;
 };
 

@@ -936,7 +936,7 @@ TEST(Fp4GpuTest, GemmMatchesFloat64) {
 
 // Grids that share tiles between blocks (stream-K) on 3 x 2 tiles of 8 steps: every tile
 // whole (1 block; 2: three waves), whole waves then tiles shared (4, 5), every tile shared and
-// runs that start and end inside one tile (7, 13, 47).
+// runs that start and end inside one tile (7, 13, 47); then tiles of 2 steps.
 TEST(Fp4GpuTest, GemmBlocksShareTilesExactly) {
   SKIP_WITHOUT_GPU();
   if (!hopper_visible()) GTEST_SKIP() << "fp4_gemm needs a compute capability 9.0 GPU";
@@ -946,6 +946,14 @@ TEST(Fp4GpuTest, GemmBlocksShareTilesExactly) {
     options.batch_tile = 64;
     options.max_blocks = blocks;
     check_gemm(300, 1024, 70, true, 2, seed++, options);
+  }
+  // k = 256: 6 tiles of 2 steps. 5 blocks would leave 2 shared steps for 5 blocks, so fewer
+  // blocks run; 4 blocks share 4 steps, one each.
+  for (int blocks : {4, 5}) {
+    GemmOptions options;
+    options.batch_tile = 64;
+    options.max_blocks = blocks;
+    check_gemm(300, 256, 70, false, 2, seed++, options);
   }
 }
 
