@@ -158,7 +158,7 @@ struct GemmOptions {
 // where the fp4_linear kernels stop), float32 accumulation, each output rounded to bf16 once.
 // x: [batch, k] bf16, 16-byte aligned; bias: n bf16 values or null; y: [batch, n] bf16.
 // Stream-ordered scratch memory: x permuted into the decode's k order and padded to whole
-// batch tiles (about batch * k * 2 bytes), and a float32 slot of 128 x batch_tile values per
+// batch tiles (about batch * k * 2 bytes), and two float32 slots of 128 x batch_tile values a
 // block for the tiles blocks share. The sum order is fixed: the same inputs give the same bits.
 absl::Status fp4_gemm(const DeviceWeightView& weight, const void* x, int64_t batch, Activation type,
                       const void* bias, void* y, cudaStream_t stream, GemmOptions options = {});
