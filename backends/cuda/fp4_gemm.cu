@@ -9,7 +9,7 @@
 //    64 bytes; scales: 128 rows x 16 bytes) into a ring of shared-memory stages (3 to 8, as
 //    many as fit), signalled by mbarriers. Warpgroups 1 and 2 consume 64 weight rows each.
 //  - The weight is wgmma's A operand, decoded into registers with the same bit operations as
-//    the mma.sync kernels (e2m1_word_bits): the E2M1 bits placed in a bf16 read as the value
+//    the mma.sync kernels (fp4_bit_decode.cuh): the E2M1 bits placed in a bf16 read as the value
 //    times 2^-126, multiplied by the block scale times 2^119, so every A element is the exact
 //    weight times 2^-7; the 2^7 and the tensor scale are given back in float32 at the end.
 //  - x is wgmma's B operand straight from shared memory. A lane's 16 code bytes of a step
@@ -26,14 +26,13 @@
 // refuses any other device.
 #include <cuda.h>
 #include <cuda_bf16.h>
-#include <cuda_fp16.h>
 
 #include <algorithm>
-#include <cstring>
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
 #include "backends/cuda/copy_engine.h"
+#include "backends/cuda/fp4_bit_decode.cuh"
 #include "backends/cuda/fp4_kernels.h"
 #include "common/status_macros.h"
 
@@ -202,42 +201,15 @@ struct Wgmma<256> {
   }
 };
 
-// The four bf16 pairs of code word q (see fp4_kernels.cu, e2m1_word_bits): pairs[i] holds
-// nibbles 3 - i and 7 - i, each as its E2M1 value times 2^-126.
-__device__ __forceinline__ void e2m1_pairs(uint32_t q, uint32_t (&pairs)[4]) {
-  const uint32_t q8 = q >> 8;
-  auto pick = [](uint32_t sign_source, uint32_t magnitude_source) {
-    return (sign_source & 0x80008000u) | (magnitude_source & 0x01C001C0u);
-  };
-  pairs[0] = pick(q8 << 8, q8 << 2);
-  pairs[1] = pick(q8 << 12, q8 << 6);
-  pairs[2] = pick(q << 8, q << 2);
-  pairs[3] = pick(q << 12, q << 6);
-}
-
 __device__ __forceinline__ uint32_t mul_bf16x2(uint32_t a, uint32_t b) {
   uint32_t r;
   asm("mul.rn.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
   return r;
 }
 
-// An E4M3 block scale as a bf16 pair of scale * 2^119: finite and normal for every finite
-// E4M3 byte (at most 448 * 2^119 < 2^128). NaN bytes (0x7F, 0xFF) stay NaN.
-__device__ __forceinline__ uint32_t e4m3_scale_pair(uint32_t byte) {
-  uint32_t halves;
-  asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(halves) : "h"(static_cast<unsigned short>(byte)));
-  __half h;
-  std::memcpy(&h, &halves, 2);
-  const __nv_bfloat162 pair =
-      __floats2bfloat162_rn(__half2float(h) * 0x1p119f, __half2float(h) * 0x1p119f);
-  uint32_t r;
-  std::memcpy(&r, &pair, 4);
-  return r;
-}
-
 // Position within a 128-wide step of the lane-order index (slice s of 16, element e of 16):
 // lane t's words w = s / 2 and MMA u = s % 2 hold nibbles (3 - 2u, 7 - 2u) and (2 - 2u, 6 - 2u)
-// of byte-group 8 w of its 32 k (see e2m1_pairs), in the A fragment's column order.
+// of byte-group 8 w of its 32 k (see e2m1_word_bits), in the A fragment's column order.
 __device__ __forceinline__ int step_k_of(int s, int e) {
   const int w = s / 2, u = s % 2, t = (e % 8) / 2, odd = e % 2, high = e / 8;
   const int nibble =
@@ -386,13 +358,17 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
   };
   // A fragments of half `half` of the step (4 slices of 16 k): words 2 half, 2 half + 1.
   auto decode_half = [&](int half, uint32_t(&a)[16]) {
-    const uint32_t scale[2] = {e4m3_scale_pair((scales[0] >> (8 * half)) & 0xFF),
-                               e4m3_scale_pair((scales[1] >> (8 * half)) & 0xFF)};
+    uint32_t scale[2], pair[2];  // rows local_row, local_row + 8: half 0's and half 1's scale
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      e4m3_pair_to_scales(scales[h], pair[0], pair[1]);
+      scale[h] = pair[half];
+    }
 #pragma unroll
     for (int ww = 0; ww < 2; ++ww) {
       uint32_t lo[4], hi[4];  // rows local_row, local_row + 8
-      e2m1_pairs((&codes[0].x)[2 * half + ww], lo);
-      e2m1_pairs((&codes[1].x)[2 * half + ww], hi);
+      e2m1_word_bits((&codes[0].x)[2 * half + ww], lo);
+      e2m1_word_bits((&codes[1].x)[2 * half + ww], hi);
 #pragma unroll
       for (int u = 0; u < 2; ++u) {
         uint32_t* f = a + 4 * (2 * ww + u);
@@ -500,7 +476,7 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
     // d[4 c + 2 h + e]: weight row local_row + 8 h, batch row 8 c + 2 t + e of the tile.
     const int row_block = static_cast<int>(tile % p.row_blocks) * kGemmRows;
     const int batch_block = static_cast<int>(tile / p.row_blocks) * kBn;
-    const float out_scale = p.tensor_scale * 0x1p7f;
+    const float out_scale = p.tensor_scale * kE2m1OutputBias;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int row = row_block + local_row + 8 * h;
