@@ -6,7 +6,8 @@
 // of a device-to-device cudaMemcpy (read + write bytes) measured first. Each timed configuration is
 // checked first.
 //
-//   build-gpu/bench/fp4_bench [--quick | --variants [BATCH,...] | --shapes | --chunked | --gemm |
+//   build-gpu/bench/fp4_bench [--quick | --variants [BATCH,...] | --shapes | --chunked |
+//   --gemm [BATCH,...] |
 //   --one STAGES ROW_TILES WARPS BATCH]
 //   (--one: STAGES 'direct1' or 'direct2' for the direct kernel, 'integer' for the integer kernel,
 //   'ksplit2' or 'ksplit3' for the k-split kernel loading 2 or 3 steps ahead, 'gemm' for fp4_gemm
@@ -330,14 +331,11 @@ void run_path(Path path, const fp4::DeviceWeightView& w, const at::Tensor& x, in
 
 // Above 16 batch rows, nvfp4: fp4_gemm against dequantize + at::linear and bf16 at::linear,
 // each batch in the same run; the measurements behind fp4_gemm's place in the daemon.
-void sweep_gemm(double copy_gbps, int64_t rotate_bytes, int reps) {
+void sweep_gemm(double copy_gbps, int64_t rotate_bytes, int reps,
+                const std::vector<int64_t>& batches) {
   const auto bf16 = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
-  int device = 0, sms = 0;
-  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
-  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
-             "cudaDeviceGetAttribute");
   std::printf(
-      "\nnvfp4 above 16 batch rows: fp4_gemm and dequantize + bf16 GEMM\n%-12s %5s %-18s "
+      "\nnvfp4 above 16 batch rows: fp4_gemm and dequantize + bf16 GEMM\n%-12s %5s %-22s "
       "%9s %9s %8s %11s %8s %8s\n",
       "N x K", "batch", "path", "fp4 us", "bf16 us", "speedup", "weight GB/s", "of copy", "TFLOPS");
   for (auto [n, k] : {std::pair<int64_t, int64_t>{28672, 8192}, {8192, 8192}}) {
@@ -345,38 +343,41 @@ void sweep_gemm(double copy_gbps, int64_t rotate_bytes, int reps) {
     const SweepWeights w = make_sweep_weights(n, k, rotate_bytes, torch::kBFloat16);
     const int copies = static_cast<int>(w.w4.size());
     at::Tensor scratch = torch::empty({n, k}, bf16);
-    for (int64_t batch : {17, 32, 64, 128, 256, 512, 1024}) {
+    for (int64_t batch : batches) {
       const at::Tensor x = torch::randn({batch, k}, bf16);
       at::Tensor y = torch::empty({batch, n}, bf16);
       const at::Tensor ref = at::linear(x.to(at::kFloat), w.dequantized.to(at::kFloat));
       const double bf16_ms =
           median_ms(reps, [&](int i) { y = at::linear(x, w.w16[i % w.w16.size()]); });
-      // The default, every batch tile on both grids where the choice is close (a block a tile;
-      // a block an SM, the last wave shared), and dequantize + GEMM.
+      // The default (and without L2 hints), every batch tile on both grids where the choice
+      // is close, and dequantize + GEMM.
       struct Run {
         Path path;
-        int tile;    // 0: chosen
-        bool plain;  // with tile: one block a tile, else one block an SM
+        int tile;  // 0: chosen
+        fp4::GemmGrid grid;
+        bool l2_hints;
       };
-      std::vector<Run> runs = {{Path::kGemm, 0, false}};
+      std::vector<Run> runs = {{Path::kGemm, 0, fp4::GemmGrid::kChosen, true},
+                               {Path::kGemm, 0, fp4::GemmGrid::kChosen, false}};
       if (batch >= 64 && batch <= 256) {
         for (int tile : {64, 128, 256}) {
-          runs.push_back({Path::kGemm, tile, true});
-          runs.push_back({Path::kGemm, tile, false});
+          runs.push_back({Path::kGemm, tile, fp4::GemmGrid::kTilePerBlock, true});
+          runs.push_back({Path::kGemm, tile, fp4::GemmGrid::kResident, true});
         }
       }
-      runs.push_back({Path::kDequantGemm, 0, false});
+      runs.push_back({Path::kDequantGemm, 0, fp4::GemmGrid::kChosen, true});
       for (const Run& r : runs) {
         fp4::GemmOptions gemm;
         gemm.batch_tile = r.tile;
-        if (r.tile != 0) {
-          gemm.max_blocks =
-              r.plain ? static_cast<int>((n / 128) * ((batch + r.tile - 1) / r.tile)) : sms;
+        gemm.grid = r.grid;
+        gemm.l2_hints = r.l2_hints;
+        std::string name = path_name(r.path);
+        if (r.path == Path::kGemm && r.tile != 0) {
+          name = "fp4_gemm " + std::to_string(r.tile) +
+                 (r.grid == fp4::GemmGrid::kResident ? " shared" : " tile/blk");
+        } else if (r.path == Path::kGemm && !r.l2_hints) {
+          name += " no hints";
         }
-        const std::string name =
-            r.path != Path::kGemm || r.tile == 0
-                ? std::string(path_name(r.path))
-                : "fp4_gemm " + std::to_string(r.tile) + (r.plain ? " tile/blk" : " shared");
         y.fill_(std::numeric_limits<float>::quiet_NaN());
         run_path(r.path, w.w4[0].view, x, batch, y, scratch, gemm);
         const double err = relative_error(y, ref);
@@ -389,7 +390,7 @@ void sweep_gemm(double copy_gbps, int64_t rotate_bytes, int reps) {
           run_path(r.path, w.w4[i % copies].view, x, batch, y, scratch, gemm);
         });
         const double gbps = w.packed_bytes / (ms / 1e3) / 1e9;
-        std::printf("%-12s %5ld %-18s %9.1f %9.1f %7.2fx %11.0f %7.0f%% %8.0f\n", shape.c_str(),
+        std::printf("%-12s %5ld %-22s %9.1f %9.1f %7.2fx %11.0f %7.0f%% %8.0f\n", shape.c_str(),
                     static_cast<long>(batch), name.c_str(), ms * 1e3, bf16_ms * 1e3, bf16_ms / ms,
                     gbps, 100.0 * gbps / copy_gbps, 2.0 * n * k * batch / (ms / 1e3) / 1e12);
       }
@@ -615,14 +616,17 @@ int main(int argc, char** argv) {
   if (!(argc == 1 ||
         (argc == 2 && (quick || mode == "--variants" || mode == "--shapes" || mode == "--chunked" ||
                        mode == "--gemm")) ||
-        (argc == 3 && mode == "--variants") || (argc == 6 && mode == "--one"))) {
+        (argc == 3 && (mode == "--variants" || mode == "--gemm")) ||
+        (argc == 6 && mode == "--one"))) {
     std::fprintf(
         stderr,
-        "usage: fp4_bench [--quick | --variants [BATCH,...] | --shapes | --chunked | --gemm | "
+        "usage: fp4_bench [--quick | --variants [BATCH,...] | --shapes | --chunked | "
+        "--gemm [BATCH,...] | "
         "--one STAGES "
         "ROW_TILES WARPS BATCH]\n"
         "  (--one: STAGES 'direct1' or 'direct2' for the direct kernel, 'integer' for the "
-        "integer kernel, 'ksplit2' or 'ksplit3' for the k-split kernel)\n");
+        "integer kernel, 'ksplit2' or 'ksplit3' for the k-split kernel, 'gemm' for fp4_gemm "
+        "with ROW_TILES its batch tile and WARPS its max_blocks)\n");
     return 2;
   }
   if (vb::backends::cuda::visible_devices() == 0) {
@@ -680,21 +684,26 @@ int main(int argc, char** argv) {
     check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
     return 0;
   }
-  if (mode == "--variants") {
-    // --variants B1,B2,...: those batches only (each 1..16), and no fp16 sweep.
-    std::vector<int64_t> batches = {1, 2, 4, 8, 16};
-    if (argc == 3) {
-      batches.clear();
-      for (const absl::string_view b : absl::StrSplit(argv[2], ',')) {
-        int64_t batch = 0;
-        if (!absl::SimpleAtoi(b, &batch) || batch < 1 || batch > fp4::kFusedMaxBatch) {
-          std::fprintf(stderr, "fp4_bench --variants: batch '%s': expected 1..%ld\n",
-                       std::string(b).c_str(), static_cast<long>(fp4::kFusedMaxBatch));
-          return 2;
-        }
-        batches.push_back(batch);
+  // --variants / --gemm B1,B2,...: those batches only.
+  const bool variants = mode == "--variants";
+  std::vector<int64_t> batches = variants ? std::vector<int64_t>{1, 2, 4, 8, 16}
+                                          : std::vector<int64_t>{17, 32, 64, 128, 256, 512, 1024};
+  const int64_t lowest = variants ? 1 : fp4::kFusedMaxBatch + 1;
+  const int64_t highest = variants ? fp4::kFusedMaxBatch : 65535;
+  if (argc == 3) {
+    batches.clear();
+    for (const absl::string_view b : absl::StrSplit(argv[2], ',')) {
+      int64_t batch = 0;
+      if (!absl::SimpleAtoi(b, &batch) || batch < lowest || batch > highest) {
+        std::fprintf(stderr, "fp4_bench %s: batch '%s': expected %ld..%ld\n", mode.c_str(),
+                     std::string(b).c_str(), static_cast<long>(lowest), static_cast<long>(highest));
+        return 2;
       }
+      batches.push_back(batch);
     }
+  }
+  if (variants) {
+    // Without a list, the fp16 sweep too.
     sweep_variants(copy_gbps, rotate_bytes, reps, batches);
     if (argc == 2) sweep_fp16(copy_gbps, rotate_bytes, reps);
     return 0;
@@ -708,7 +717,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (mode == "--gemm") {
-    sweep_gemm(copy_gbps, rotate_bytes, reps);
+    sweep_gemm(copy_gbps, rotate_bytes, reps, batches);
     return 0;
   }
 

@@ -66,13 +66,16 @@ struct GemmLayout {
   static_assert(kStages >= 2 && kSmemBytes <= kMaxSmemBytes, "stages do not fit");
 };
 
-// What a launch computes; tiles are 128 weight rows x BN batch rows, numbered row block
-// first (consecutive tiles share x), each `steps` 128-wide k steps long.
+// What a launch computes. A tile is 128 weight rows x BN batch rows, `steps` 128-wide k steps
+// long. Tiles are numbered batch block first, so that the blocks running at once that read the
+// same weight rows do so together (the weight comes from DRAM once; x, a few MiB, stays in the
+// L2 anyway).
 struct GemmParams {
   float tensor_scale;
   int n, k, batch;
-  int row_blocks;
+  int batch_blocks;           // BN-row blocks of the (padded) batch
   int tiles;                  // tiles * (k / 128) < 2^31: fp4_gemm_supported
+  int l2_hints;               // 1: x evict-last, the weight evict-first in the L2
   const __nv_bfloat16* bias;  // n values or null
   __nv_bfloat16* y;           // [batch, n]
   float* partials;            // per block, 2 slots of 256 threads x BN / 2 floats (shared tiles)
@@ -100,15 +103,27 @@ __device__ __forceinline__ void mbarrier_wait(uint32_t bar, uint32_t parity) {
         : "memory");
   } while (done == 0);
 }
+// L2 eviction priority for a TMA copy: `last` for data many blocks read, else `first`; or
+// the normal priority for both.
+__device__ __forceinline__ uint64_t l2_policy(bool hints, bool last) {
+  uint64_t policy;
+  if (!hints) {
+    asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;\n" : "=l"(policy));
+  } else if (last) {
+    asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(policy));
+  } else {
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  }
+  return policy;
+}
 __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, uint32_t bar,
-                                            int inner, int outer) {
+                                            int inner, int outer, uint64_t policy) {
   asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
-      " [%0], [%1, {%3, %4}], [%2];\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(inner), "r"(outer)
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint"
+      " [%0], [%1, {%3, %4}], [%2], %5;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(inner), "r"(outer), "l"(policy)
       : "memory");
 }
-
 // wgmma shared-memory descriptor of a K-major tile in the 128-byte swizzle: rows of 128 bytes
 // (64 k), 8-row atoms of 1024 bytes (SBO), LBO unused; a 16-k slice starts 32 bytes later.
 __device__ __forceinline__ uint64_t swizzled_descriptor(uint32_t smem_address) {
@@ -311,185 +326,206 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
     w.at += s1 - s0;
     return true;
   };
+  auto row_block_of = [&](int tile) { return (tile / p.batch_blocks) * kGemmRows; };
+  auto batch_block_of = [&](int tile) { return (tile % p.batch_blocks) * kBn; };
 
   if (warpgroup == 0) {  // the producer: one thread issues every copy
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegisters));
-    if (threadIdx.x != 0) return;
-    int it = 0;  // the block's step count: stage it % kStages, its (it / kStages)-th use
-    Walk walk{static_cast<int>(blockIdx.x), my_first};
-    int tile, s0, s1;
-    while (next_segment(walk, tile, s0, s1)) {
-      const int row_block = static_cast<int>(tile % p.row_blocks) * kGemmRows;
-      const int batch_block = static_cast<int>(tile / p.row_blocks) * kBn;
-      for (int j = s0; j < s1; ++j, ++it) {
-        const int s = it % kStages;
-        // The stage's previous occupant has been released by every consumer warp.
-        if (it >= kStages) mbarrier_wait(empty + 8 * s, (it / kStages - 1) & 1);
-        mbarrier_expect_bytes(full + 8 * s, Layout::kStageBytes);
-        const uint32_t stage = base + s * Layout::kStageBytes;
-        tma_load_2d(stage, &x_map, full + 8 * s, 128 * j, batch_block);
-        tma_load_2d(stage + Layout::kXBoxBytes, &x_map, full + 8 * s, 128 * j + 64, batch_block);
-        tma_load_2d(stage + Layout::kCodeOffset, &code_map, full + 8 * s, 64 * j, row_block);
-        tma_load_2d(stage + Layout::kScaleOffset, &scale_map, full + 8 * s, 16 * (j / 2),
-                    row_block);
-      }
-    }
-    return;
-  }
-
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegisters));
-  const int consumer = threadIdx.x - 128;  // 0..255
-  const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
-  const int g = lane / 4, t = lane % 4;
-  const int local_row = 64 * (warpgroup - 1) + 16 * warp + g;  // and local_row + 8
-  uint4 codes[2];      // this lane's 16 code bytes of the step, rows local_row and + 8
-  uint32_t scales[2];  // and their two block scales
-  auto read_step = [&](int it, int j) {
-    const int s = it % kStages;
-    mbarrier_wait(full + 8 * s, (it / kStages) & 1);
-    const uint8_t* stage = smem + s * Layout::kStageBytes;
-    const uint8_t* code_tile = stage + Layout::kCodeOffset + 16 * t;
-    const uint8_t* scale_tile = stage + Layout::kScaleOffset + 8 * (j % 2) + 2 * t;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      codes[h] = *reinterpret_cast<const uint4*>(code_tile + (local_row + 8 * h) * 64);
-      scales[h] = *reinterpret_cast<const uint16_t*>(scale_tile + (local_row + 8 * h) * 16);
-    }
-  };
-  // A fragments of half `half` of the step (4 slices of 16 k): words 2 half, 2 half + 1.
-  auto decode_half = [&](int half, uint32_t(&a)[16]) {
-    uint32_t scale[2], pair[2];  // rows local_row, local_row + 8: half 0's and half 1's scale
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      e4m3_pair_to_scales(scales[h], pair[0], pair[1]);
-      scale[h] = pair[half];
-    }
-#pragma unroll
-    for (int ww = 0; ww < 2; ++ww) {
-      uint32_t lo[4], hi[4];  // rows local_row, local_row + 8
-      e2m1_word_bits((&codes[0].x)[2 * half + ww], lo);
-      e2m1_word_bits((&codes[1].x)[2 * half + ww], hi);
-#pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        uint32_t* f = a + 4 * (2 * ww + u);
-        f[0] = mul_bf16x2(lo[2 * u], scale[0]);
-        f[1] = mul_bf16x2(hi[2 * u], scale[1]);
-        f[2] = mul_bf16x2(lo[2 * u + 1], scale[0]);
-        f[3] = mul_bf16x2(hi[2 * u + 1], scale[1]);
-      }
-    }
-  };
-  // This thread's share of a block's unfinished tile (which 0: the block's first segment, 1:
-  // its last), in the same register order in every block.
-  auto partial_slot = [&](int block, int which) {
-    return p.partials + ((int64_t{block} * 2 + which) * kConsumerThreads + consumer) * (kBn / 2);
-  };
-  int* last_flag = reinterpret_cast<int*>(smem + Layout::kBarrierOffset + 16 * kStages);
-
-  float d[kBn / 2];
-  uint32_t a0[16], a1[16];  // the step's first and second half
-  int it = 0;
-  Walk walk{static_cast<int>(blockIdx.x), my_first};
-  int tile, s0, s1;
-  while (next_segment(walk, tile, s0, s1)) {
-#pragma unroll
-    for (int i = 0; i < kBn / 2; ++i) d[i] = 0.0f;
-    keep_registers(d);
-    read_step(it, s0);
-    decode_half(0, a0);
-    for (int j = s0; j < s1; ++j, ++it) {
-      const uint32_t x_stage = base + (it % kStages) * Layout::kStageBytes;
-      wgmma_fence();
-#pragma unroll
-      for (int s = 0; s < 4; ++s) {
-        Wgmma<kBn>::mma(d, a0 + 4 * s, swizzled_descriptor(x_stage + 32 * s));
-      }
-      wgmma_commit();
-      keep_registers(d);
-      wgmma_wait<1>();  // the previous step's second half is done: release its stage
-      keep_registers(a1);
-      if (j > s0 && lane == 0) mbarrier_arrive(empty + 8 * ((it - 1) % kStages));
-      decode_half(1, a1);
-      wgmma_fence();
-#pragma unroll
-      for (int s = 0; s < 4; ++s) {
-        Wgmma<kBn>::mma(d, a1 + 4 * s, swizzled_descriptor(x_stage + Layout::kXBoxBytes + 32 * s));
-      }
-      wgmma_commit();
-      keep_registers(d);
-      wgmma_wait<1>();  // this step's first half is done: a0 may change
-      keep_registers(a0);
-      if (j + 1 < s1) {
-        read_step(it + 1, j + 1);
-        decode_half(0, a0);
-      }
-    }
-    wgmma_wait<0>();
-    keep_registers(d);
-    keep_registers(a0);
-    keep_registers(a1);
-    if (lane == 0) mbarrier_arrive(empty + 8 * ((it - 1) % kStages));
-
-    if (s0 > 0 || s1 < steps) {
-      // A tile shared with other blocks: each leaves its sums in a slot (a block's first
-      // segment may start inside a tile, its last may end inside one: two slots a block), and
-      // the last to arrive adds them all in block order and writes y. Nobody waits, so blocks
-      // that are not resident at the same time (other kernels on the GPU) cannot deadlock,
-      // and the sum order does not depend on who arrives last.
-      const int tile_first = (tile - whole) * steps, tile_last = tile_first + steps - 1;
-      float* slot = partial_slot(blockIdx.x, s0 > 0 ? 0 : 1);
-#pragma unroll
-      for (int i = 0; i < kBn / 2; i += 4) {
-        __stcg(reinterpret_cast<float4*>(slot + i),
-               make_float4(d[i], d[i + 1], d[i + 2], d[i + 3]));
-      }
-      __threadfence();
-      consumer_barrier();
-      if (consumer == 0) {
-        const int first = owner_of(tile_first, gridDim.x, work);
-        const int sharing = owner_of(tile_last, gridDim.x, work) - first + 1;
-        const int arrived = atomicAdd(p.arrivals + tile, 1) + 1;
-        __threadfence();
-        *last_flag = arrived == sharing ? 1 : 0;
-      }
-      consumer_barrier();
-      const bool last = *last_flag != 0;
-      consumer_barrier();  // everyone has read the flag before a later segment rewrites it
-      if (!last) continue;
-#pragma unroll
-      for (int i = 0; i < kBn / 2; ++i) d[i] = 0.0f;
-      const int first = owner_of(tile_first, gridDim.x, work);
-      const int final_block = owner_of(tile_last, gridDim.x, work);
-      for (int block = first; block <= final_block; ++block) {
-        const float* other =
-            partial_slot(block, first_step_of(block, gridDim.x, work) > tile_first ? 0 : 1);
-#pragma unroll
-        for (int i = 0; i < kBn / 2; i += 4) {
-          const float4 v = __ldcg(reinterpret_cast<const float4*>(other + i));
-          d[i] += v.x;
-          d[i + 1] += v.y;
-          d[i + 2] += v.z;
-          d[i + 3] += v.w;
+    if (threadIdx.x == 0) {
+      const uint64_t x_policy = l2_policy(p.l2_hints != 0, true);
+      const uint64_t weight_policy = l2_policy(p.l2_hints != 0, false);
+      int it = 0;  // the step count: stage it % kStages, its (it / kStages)-th use
+      Walk walk{static_cast<int>(blockIdx.x), my_first};
+      int tile, s0, s1;
+      while (next_segment(walk, tile, s0, s1)) {
+        const int row_block = row_block_of(tile), batch_block = batch_block_of(tile);
+        for (int j = s0; j < s1; ++j, ++it) {
+          const int s = it % kStages;
+          // The stage's previous occupant has been released by every consumer warp.
+          if (it >= kStages) mbarrier_wait(empty + 8 * s, (it / kStages - 1) & 1);
+          mbarrier_expect_bytes(full + 8 * s, Layout::kStageBytes);
+          const uint32_t stage = base + s * Layout::kStageBytes;
+          tma_load_2d(stage, &x_map, full + 8 * s, 128 * j, batch_block, x_policy);
+          tma_load_2d(stage + Layout::kXBoxBytes, &x_map, full + 8 * s, 128 * j + 64, batch_block,
+                      x_policy);
+          tma_load_2d(stage + Layout::kCodeOffset, &code_map, full + 8 * s, 64 * j, row_block,
+                      weight_policy);
+          tma_load_2d(stage + Layout::kScaleOffset, &scale_map, full + 8 * s, 16 * (j / 2),
+                      row_block, weight_policy);
         }
       }
     }
-    // d[4 c + 2 h + e]: weight row local_row + 8 h, batch row 8 c + 2 t + e of the tile.
-    const int row_block = static_cast<int>(tile % p.row_blocks) * kGemmRows;
-    const int batch_block = static_cast<int>(tile / p.row_blocks) * kBn;
-    const float out_scale = p.tensor_scale * kE2m1OutputBias;
+  } else {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegisters));
+    const int consumer = threadIdx.x - 128;  // 0..255
+    const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+    const int g = lane / 4, t = lane % 4;
+    const int local_row = 64 * (warpgroup - 1) + 16 * warp + g;  // and local_row + 8
+    uint4 codes[2];      // this lane's 16 code bytes of the step, rows local_row and + 8
+    uint32_t scales[2];  // and their two block scales
+    auto read_step = [&](int it, int j) {
+      const int s = it % kStages;
+      mbarrier_wait(full + 8 * s, (it / kStages) & 1);
+      const uint8_t* stage = smem + s * Layout::kStageBytes;
+      const uint8_t* code_tile = stage + Layout::kCodeOffset + 16 * t;
+      const uint8_t* scale_tile = stage + Layout::kScaleOffset + 8 * (j % 2) + 2 * t;
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int row = row_block + local_row + 8 * h;
-      if (row >= p.n) continue;
-      const float b = p.bias == nullptr ? 0.0f : __bfloat162float(p.bias[row]);
+      for (int h = 0; h < 2; ++h) {
+        codes[h] = *reinterpret_cast<const uint4*>(code_tile + (local_row + 8 * h) * 64);
+        scales[h] = *reinterpret_cast<const uint16_t*>(scale_tile + (local_row + 8 * h) * 16);
+      }
+    };
+    // The stage's x has been read by this warp's wgmmas: the producer may refill it.
+    auto release = [&](int it) {
+      if (lane == 0) mbarrier_arrive(empty + 8 * (it % kStages));
+    };
+    // A fragments of half `half` of the step (4 slices of 16 k): words 2 half, 2 half + 1.
+    auto decode_half = [&](int half, uint32_t(&a)[16]) {
+      uint32_t scale[2], pair[2];  // rows local_row, local_row + 8: half 0's and half 1's scale
 #pragma unroll
-      for (int c = 0; c < kBn / 8; ++c) {
+      for (int h = 0; h < 2; ++h) {
+        e4m3_pair_to_scales(scales[h], pair[0], pair[1]);
+        scale[h] = pair[half];
+      }
+#pragma unroll
+      for (int ww = 0; ww < 2; ++ww) {
+        uint32_t lo[4], hi[4];  // rows local_row, local_row + 8
+        e2m1_word_bits((&codes[0].x)[2 * half + ww], lo);
+        e2m1_word_bits((&codes[1].x)[2 * half + ww], hi);
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          uint32_t* f = a + 4 * (2 * ww + u);
+          f[0] = mul_bf16x2(lo[2 * u], scale[0]);
+          f[1] = mul_bf16x2(hi[2 * u], scale[1]);
+          f[2] = mul_bf16x2(lo[2 * u + 1], scale[0]);
+          f[3] = mul_bf16x2(hi[2 * u + 1], scale[1]);
+        }
+      }
+    };
+    // Block `block`'s sums of an unfinished tile (which 0: the block's first segment, 1: its
+    // last): float4 j of every thread, then float4 j + 1, so that a warp's store or load of one
+    // float4 each is 512 contiguous bytes (a thread's own 512 bytes in a row took ~11 us a
+    // block to write, measured).
+    auto partial_slot = [&](int block, int which) {
+      return reinterpret_cast<float4*>(p.partials + (int64_t{block} * 2 + which) *
+                                                        kConsumerThreads * (kBn / 2)) +
+             consumer;
+    };
+    int* last_flag = reinterpret_cast<int*>(smem + Layout::kBarrierOffset + 16 * kStages);
+
+    float d[kBn / 2];
+    uint32_t a0[16], a1[16];  // the step's first and second half
+    int it = 0;
+    Walk walk{static_cast<int>(blockIdx.x), my_first};
+    int tile, s0, s1;
+    while (next_segment(walk, tile, s0, s1)) {
+#pragma unroll
+      for (int i = 0; i < kBn / 2; ++i) d[i] = 0.0f;
+      keep_registers(d);
+      read_step(it, s0);
+      decode_half(0, a0);
+      for (int j = s0; j < s1; ++j, ++it) {
+        const uint32_t x_stage = base + (it % kStages) * Layout::kStageBytes;
+        wgmma_fence();
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+          Wgmma<kBn>::mma(d, a0 + 4 * s, swizzled_descriptor(x_stage + 32 * s));
+        }
+        wgmma_commit();
+        keep_registers(d);
+        wgmma_wait<1>();  // the previous step's second half is done: release its stage
+        keep_registers(a1);
+        if (j > s0) release(it - 1);
+        decode_half(1, a1);
+        wgmma_fence();
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+          Wgmma<kBn>::mma(d, a1 + 4 * s,
+                          swizzled_descriptor(x_stage + Layout::kXBoxBytes + 32 * s));
+        }
+        wgmma_commit();
+        keep_registers(d);
+        wgmma_wait<1>();  // this step's first half is done: a0 may change
+        keep_registers(a0);
+        if (j + 1 < s1) {
+          read_step(it + 1, j + 1);
+          decode_half(0, a0);
+        }
+      }
+      wgmma_wait<0>();
+      keep_registers(d);
+      keep_registers(a0);
+      keep_registers(a1);
+      release(it - 1);
+
+      if (s0 > 0 || s1 < steps) {
+        // A tile shared with other blocks: each leaves its sums in a slot (a block's first
+        // segment may start inside a tile, its last may end inside one: two slots a block),
+        // and the last to arrive adds them all in block order and writes y. Nobody waits, so
+        // blocks that are not resident at the same time (other kernels on the GPU) cannot
+        // deadlock, and the sum order does not depend on who arrives last.
+        const int tile_first = (tile - whole) * steps, tile_last = tile_first + steps - 1;
+        float4* slot = partial_slot(blockIdx.x, s0 > 0 ? 0 : 1);
+#pragma unroll
+        for (int i = 0; i < kBn / 2; i += 4) {
+          __stcg(slot + i / 4 * kConsumerThreads, make_float4(d[i], d[i + 1], d[i + 2], d[i + 3]));
+        }
+        __threadfence();
+        consumer_barrier();
+        if (consumer == 0) {
+          const int first = owner_of(tile_first, gridDim.x, work);
+          const int sharing = owner_of(tile_last, gridDim.x, work) - first + 1;
+          const int arrived = atomicAdd(p.arrivals + tile, 1) + 1;
+          __threadfence();
+          *last_flag = arrived == sharing ? 1 : 0;
+        }
+        consumer_barrier();
+        const bool last = *last_flag != 0;
+        consumer_barrier();  // everyone has read the flag before a later segment rewrites it
+        if (!last) continue;
+#pragma unroll
+        for (int i = 0; i < kBn / 2; ++i) d[i] = 0.0f;
+        const int first = owner_of(tile_first, gridDim.x, work);
+        const int final_block = owner_of(tile_last, gridDim.x, work);
+        for (int block = first; block <= final_block; ++block) {
+          const float4* other =
+              partial_slot(block, first_step_of(block, gridDim.x, work) > tile_first ? 0 : 1);
+#pragma unroll
+          for (int i = 0; i < kBn / 2; i += 4) {
+            const float4 v = __ldcg(other + i / 4 * kConsumerThreads);
+            d[i] += v.x;
+            d[i + 1] += v.y;
+            d[i + 2] += v.z;
+            d[i + 3] += v.w;
+          }
+        }
+      }
+      // d[4 c + 2 h + e]: weight row local_row + 8 h, batch row 8 c + 2 t + e of the tile.
+      // Addresses advance by a pointer step and the bounds are two predicates, so that each
+      // output costs a multiply-add, a conversion and a store (the first version, with an
+      // address and a branch per output, took ~5 us a tile).
+      const int row = row_block_of(tile) + local_row;  // and row + 8
+      const int first_batch_row = batch_block_of(tile) + 2 * t;
+      const float out_scale = p.tensor_scale * kE2m1OutputBias;
+      float b[2];
+      bool row_ok[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        row_ok[h] = row + 8 * h < p.n;
+        b[h] = p.bias == nullptr || !row_ok[h] ? 0.0f : __bfloat162float(p.bias[row + 8 * h]);
+      }
+      const int64_t n = p.n;
+      __nv_bfloat16* out = p.y + first_batch_row * n + row;
+      const int rows_left = p.batch - first_batch_row;  // batch row 8 c + e exists: < this
+#pragma unroll
+      for (int c = 0; c < kBn / 8; ++c, out += 8 * n) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const int b_row = batch_block + 8 * c + 2 * t + e;
-          if (b_row < p.batch) {
-            p.y[int64_t{b_row} * p.n + row] =
-                __float2bfloat16(d[4 * c + 2 * h + e] * out_scale + b);
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            if (row_ok[h] && 8 * c + e < rows_left) {
+              out[e * n + 8 * h] = __float2bfloat16(d[4 * c + 2 * h + e] * out_scale + b[h]);
+            }
           }
         }
       }
@@ -567,7 +603,7 @@ struct GemmScratch {
   size_t total() const { return x_bytes + partial_bytes + arrival_bytes; }
 };
 
-GemmScratch gemm_scratch(int64_t batch, int64_t k, int batch_tile, int blocks, int64_t tiles) {
+GemmScratch gemm_scratch(int64_t batch, int64_t k, int batch_tile, int64_t blocks, int64_t tiles) {
   auto round_up = [](size_t v) { return (v + 255) / 256 * 256; };
   GemmScratch s;
   s.padded_batch = (batch + batch_tile - 1) / batch_tile * batch_tile;
@@ -578,33 +614,39 @@ GemmScratch gemm_scratch(int64_t batch, int64_t k, int batch_tile, int blocks, i
   return s;
 }
 
-// The batch tile and the grid of a call. A grid of one block a tile runs whole tiles in
-// ceil(tiles / SMs) waves; where that would leave more than half the SMs idle, a grid of one
-// block an SM shares the tiles step by step instead. Sharing costs about twice as much a step
-// (the blocks stand at different k; measured, fp4_bench --gemm, docs/fp4.md), so it only pays
-// there. The batch tile is the cheapest by the measured cost of a step at each tile on the
-// H200 (relative: 0.9 at 64 batch rows, 1.1 at 128, 1.6 at 256).
+// The batch tile and the grid of a call, from a cost model in units of one tile step. One
+// block a tile runs ceil(tiles / SMs) waves; one block an SM runs the whole waves, then shares
+// the rest of the tiles, where a step costs kSharedStep times as much (the blocks write and
+// re-read their partial sums, and the last of a tile's blocks adds them). The relative step
+// costs of the tiles (0.9 at 64 batch rows, 1.1 at 128, 1.6 at 256) and kSharedStep are fit
+// to fp4_bench --gemm on the H200 (docs/fp4.md).
 struct GemmPlan {
   int batch_tile = 0;
+  int64_t tiles = 0;
   int64_t blocks = 0;
 };
 
-GemmPlan plan_gemm(int64_t batch, int64_t row_blocks, int64_t steps, int sms,
+struct StepCost {
+  int batch_tile;
+  double step;
+};
+constexpr StepCost kStepCosts[] = {{64, 0.9}, {128, 1.1}, {256, 1.6}};
+constexpr double kSharedStep = 1.3;
+
+GemmPlan plan_gemm(int64_t batch, int64_t row_blocks, int64_t steps, int64_t sms,
                    const GemmOptions& options) {
-  struct TileCost {
-    int batch_tile;
-    double step;
-  };
-  constexpr TileCost kTileCosts[] = {{64, 0.9}, {128, 1.1}, {256, 1.6}};
-  constexpr double kSharedStep = 2.0;
   GemmPlan best;
   double best_cost = 0;
-  for (const TileCost& c : kTileCosts) {
+  for (const StepCost& c : kStepCosts) {
     if (options.batch_tile != 0 && options.batch_tile != c.batch_tile) continue;
     const int64_t tiles = row_blocks * ((batch + c.batch_tile - 1) / c.batch_tile);
-    const bool share = 2 * tiles <= sms;
-    const double cost = share ? static_cast<double>(tiles) / sms * kSharedStep * c.step
-                              : static_cast<double>((tiles + sms - 1) / sms) * c.step;
+    const double waves = static_cast<double>((tiles + sms - 1) / sms);
+    const double shared =
+        static_cast<double>(tiles / sms) + static_cast<double>(tiles % sms) / sms * kSharedStep;
+    bool share = shared < waves;
+    if (options.grid == GemmGrid::kTilePerBlock) share = false;
+    if (options.grid == GemmGrid::kResident) share = true;
+    const double cost = (share ? shared : waves) * c.step;
     if (best.batch_tile == 0 || cost < best_cost) {
       int64_t blocks = options.max_blocks > 0 ? options.max_blocks : share ? sms : tiles;
       blocks = std::min<int64_t>(blocks, tiles * steps);
@@ -612,7 +654,7 @@ GemmPlan plan_gemm(int64_t batch, int64_t row_blocks, int64_t steps, int sms,
       // a shared tile's blocks from their runs, and an empty run would never arrive. Only a
       // max_blocks can break this (k = 256, 6 tiles, 5 blocks: 2 shared steps for 5 blocks).
       while (blocks > 1 && tiles % blocks != 0 && (tiles % blocks) * steps < blocks) --blocks;
-      best = {c.batch_tile, blocks};
+      best = {c.batch_tile, tiles, blocks};
       best_cost = cost;
     }
   }
@@ -621,7 +663,7 @@ GemmPlan plan_gemm(int64_t batch, int64_t row_blocks, int64_t steps, int sms,
 
 template <int kBn>
 absl::Status launch_gemm(const DeviceWeightView& w, const uint16_t* xp, int64_t padded_batch,
-                         GemmParams params, int blocks, cudaStream_t stream) {
+                         const GemmParams& params, int blocks, cudaStream_t stream) {
   using Layout = GemmLayout<kBn>;
   VB_ASSIGN_OR_RETURN(const CUtensorMap x_map,
                       tensor_map(CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, xp, w.k, padded_batch, w.k * 2,
@@ -636,7 +678,6 @@ absl::Status launch_gemm(const DeviceWeightView& w, const uint16_t* xp, int64_t 
       cudaFuncSetAttribute(fp4_gemm_kernel<kBn>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            Layout::kSmemBytes),
       "cudaFuncSetAttribute(fp4_gemm)"));
-  params.tiles = static_cast<int>(params.row_blocks * (padded_batch / kBn));
   fp4_gemm_kernel<kBn>
       <<<blocks, kGemmThreads, Layout::kSmemBytes, stream>>>(x_map, code_map, scale_map, params);
   return cuda_status(cudaGetLastError(), "fp4_gemm kernel launch");
@@ -701,8 +742,9 @@ absl::Status fp4_gemm(const DeviceWeightView& weight, const void* x, int64_t bat
   }
   if (options.max_blocks < 0) {
     return absl::InvalidArgumentError(absl::StrCat("fp4_gemm: max_blocks = ", options.max_blocks,
-                                                   ": expected 0 (one per SM) or more"));
+                                                   ": expected 0 (chosen) or more"));
   }
+
   if (x == nullptr || y == nullptr) {
     return absl::InvalidArgumentError("fp4_gemm: x or y is null");
   }
@@ -718,11 +760,8 @@ absl::Status fp4_gemm(const DeviceWeightView& weight, const void* x, int64_t bat
 
   const int64_t row_blocks = (weight.n + kGemmRows - 1) / kGemmRows;
   const GemmPlan plan = plan_gemm(batch, row_blocks, weight.k / 128, sms, options);
-  const int batch_tile = plan.batch_tile;
-  const int64_t tiles = row_blocks * ((batch + batch_tile - 1) / batch_tile);
-  const int64_t blocks = plan.blocks;
   const GemmScratch scratch =
-      gemm_scratch(batch, weight.k, batch_tile, static_cast<int>(blocks), tiles);
+      gemm_scratch(batch, weight.k, plan.batch_tile, plan.blocks, plan.tiles);
 
   uint8_t* memory = nullptr;
   VB_RETURN_IF_ERROR(
@@ -744,19 +783,22 @@ absl::Status fp4_gemm(const DeviceWeightView& weight, const void* x, int64_t bat
     params.n = static_cast<int>(weight.n);
     params.k = static_cast<int>(weight.k);
     params.batch = static_cast<int>(batch);
-    params.row_blocks = static_cast<int>(row_blocks);
+    params.batch_blocks = static_cast<int>(scratch.padded_batch / plan.batch_tile);
+    params.tiles = static_cast<int>(plan.tiles);
+    params.l2_hints = options.l2_hints ? 1 : 0;
     params.bias = static_cast<const __nv_bfloat16*>(bias);
     params.y = static_cast<__nv_bfloat16*>(y);
     params.partials = reinterpret_cast<float*>(memory + scratch.x_bytes);
     params.arrivals = arrivals;
-    const int grid = static_cast<int>(blocks);
-    switch (batch_tile) {
+    const int grid = static_cast<int>(plan.blocks);
+    const int64_t rows = scratch.padded_batch;
+    switch (plan.batch_tile) {
       case 64:
-        return launch_gemm<64>(weight, xp, scratch.padded_batch, params, grid, stream);
+        return launch_gemm<64>(weight, xp, rows, params, grid, stream);
       case 128:
-        return launch_gemm<128>(weight, xp, scratch.padded_batch, params, grid, stream);
+        return launch_gemm<128>(weight, xp, rows, params, grid, stream);
       default:
-        return launch_gemm<256>(weight, xp, scratch.padded_batch, params, grid, stream);
+        return launch_gemm<256>(weight, xp, rows, params, grid, stream);
     }
   };
   const absl::Status status = permute_and_multiply();

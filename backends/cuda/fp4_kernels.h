@@ -142,16 +142,23 @@ absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t b
 // FAILED_PRECONDITION naming the field and what was expected.
 absl::Status fp4_gemm_supported(const DeviceWeightView& weight, int64_t batch, Activation type);
 
-// fp4_gemm's shape; by default both are chosen by a cost model measured on the H200
+// How fp4_gemm's blocks take the tiles: one block a tile, in waves; or one block an SM, the
+// tiles that fill whole waves one to a block and the rest shared step by step (stream-K).
+enum class GemmGrid { kChosen, kTilePerBlock, kResident };
+
+// fp4_gemm's shape; by default all of it is chosen by a cost model measured on the H200
 // (docs/fp4.md).
 struct GemmOptions {
   // Batch rows a tile: 64, 128 or 256 (0: chosen).
   int batch_tile = 0;
-  // At most this many blocks in the grid (0: chosen): never more than the 128-wide k steps,
+  // At most this many blocks in the grid (0: by `grid`): never more than the 128-wide k steps,
   // and fewer where the shared tiles would leave a block without a step. The tiles that fill
-  // whole waves of blocks go one to a block; the rest are shared step by step (stream-K). As
-  // many blocks as tiles: one tile a block; one per SM: the last wave shared.
+  // whole waves of blocks go one to a block; the rest are shared step by step (stream-K).
   int max_blocks = 0;
+  GemmGrid grid = GemmGrid::kChosen;
+  // L2 eviction priorities on the copies: x (read by every block) last, the weight (read
+  // once) first.
+  bool l2_hints = true;
 };
 
 // y[b, j] = sum_k x[b, k] * W[j, k] (+ bias[j]) for any batch >= 1 (meant for batch > 16,

@@ -877,7 +877,8 @@ void check_gemm(int64_t n, int64_t k, int64_t batch, bool with_bias, int decades
                             " batch=" + std::to_string(batch) + (with_bias ? " +bias" : "") +
                             " rows over " + std::to_string(decades) + " decades, batch_tile " +
                             std::to_string(options.batch_tile) + ", max_blocks " +
-                            std::to_string(options.max_blocks);
+                            std::to_string(options.max_blocks) +
+                            (options.l2_hints ? "" : ", no L2 hints");
   std::vector<float> wf = gaussian(n * k, seed, 0.02f);
   for (int64_t j = 0; j < n; ++j) {
     const float row_scale = std::pow(10.0f, -static_cast<float>(j % decades));
@@ -923,15 +924,19 @@ TEST(Fp4GpuTest, GemmMatchesFloat64) {
   unsigned seed = 300;
   check_gemm(256, 256, 17, true, 1, seed++);     // the smallest k, batch just past fp4_linear
   check_gemm(300, 512, 40, false, 8, seed++);    // n not a multiple of 128: rows read as zero
+  check_gemm(301, 256, 33, true, 2, seed++);     // odd n: outputs stored one at a time
   check_gemm(1000, 1024, 300, true, 4, seed++);  // two 256-row batch tiles, the last partial
   // 132 row blocks x 2 batch tiles: a whole number of tiles for each block of an H200.
   check_gemm(128 * 132, 256, 257, true, 2, seed++);
-  // Every batch tile on one shape.
+  // Every batch tile on one shape, and copies without L2 hints.
   for (int tile : {64, 128, 256}) {
     GemmOptions options;
     options.batch_tile = tile;
     check_gemm(384, 1024, 100, true, 3, seed++, options);
   }
+  GemmOptions no_hints;
+  no_hints.l2_hints = false;
+  check_gemm(1000, 1024, 300, true, 4, seed++, no_hints);
 }
 
 // Grids that share tiles between blocks (stream-K) on 3 x 2 tiles of 8 steps: every tile
@@ -1002,7 +1007,7 @@ TEST(Fp4OptionsTest, GemmRefusesWhatItCannotRun) {
   // Bad options, on a weight fp4_gemm takes.
   for (const auto& [options, expected] :
        {std::pair<GemmOptions, const char*>{{96, 0}, "batch_tile = 96: expected 0 (chosen)"},
-        {{0, -1}, "max_blocks = -1: expected 0 (one per SM) or more"}}) {
+        {{0, -1}, "max_blocks = -1: expected 0 (chosen) or more"}}) {
     if (!hopper_visible()) break;  // the weight is refused first (no GPU, or not Hopper)
     const absl::Status run = fp4_gemm(nvfp4, placeholder(0x30000), 32, Activation::kBf16, nullptr,
                                       placeholder(0x40000), nullptr, options);
