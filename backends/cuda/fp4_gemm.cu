@@ -235,9 +235,17 @@ __device__ __forceinline__ int step_k_of(int s, int e) {
 // xp[b][128 step + 16 s + e] = x[b][128 step + step_k_of(s, e)] for b < batch, and 0 for the
 // rows up to `padded_batch` (whole batch tiles: the TMA never reads past the end of xp, which
 // measured slower than reading zeros). A thread writes 8 outputs.
+// It also zeroes the tiles' arrival counts (one launch instead of a memset and a kernel), and
+// lets the GEMM kernel, launched as its programmatic dependent, start its prologue meanwhile.
 __global__ void permute_x_kernel(const uint16_t* __restrict__ x, uint16_t* __restrict__ xp,
-                                 int64_t batch, int64_t padded_batch, int k) {
-  const int64_t i = (int64_t{blockIdx.x} * blockDim.x + threadIdx.x) * 8;
+                                 int64_t batch, int64_t padded_batch, int k, int* arrivals,
+                                 int64_t tiles) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+  const int64_t thread = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  for (int64_t t = thread; t < tiles; t += int64_t{gridDim.x} * blockDim.x) arrivals[t] = 0;
+  const int64_t i = thread * 8;
   if (i >= padded_batch * k) return;
   const int64_t row = i / k;
   uint32_t packed[4] = {0, 0, 0, 0};
@@ -306,6 +314,9 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
   }
   __syncthreads();
+  // Launched as the permute kernel's programmatic dependent: the prologue above may run before
+  // that kernel ends; its x and zeroed arrival counts are only complete and visible after this.
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
   // The block's work as segments, steps [s0, s1) of tile `tile`: its whole tiles, then one
   // segment per shared tile its share touches. `next` is where the walk stands.
   struct Walk {
@@ -678,9 +689,19 @@ absl::Status launch_gemm(const DeviceWeightView& w, const uint16_t* xp, int64_t 
       cudaFuncSetAttribute(fp4_gemm_kernel<kBn>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            Layout::kSmemBytes),
       "cudaFuncSetAttribute(fp4_gemm)"));
-  fp4_gemm_kernel<kBn>
-      <<<blocks, kGemmThreads, Layout::kSmemBytes, stream>>>(x_map, code_map, scale_map, params);
-  return cuda_status(cudaGetLastError(), "fp4_gemm kernel launch");
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(blocks));
+  config.blockDim = dim3(kGemmThreads);
+  config.dynamicSmemBytes = Layout::kSmemBytes;
+  config.stream = stream;
+  cudaLaunchAttribute early_start{};
+  early_start.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  early_start.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &early_start;
+  config.numAttrs = 1;
+  return cuda_status(
+      cudaLaunchKernelEx(&config, fp4_gemm_kernel<kBn>, x_map, code_map, scale_map, params),
+      "fp4_gemm kernel launch");
 }
 
 }  // namespace
@@ -771,13 +792,11 @@ absl::Status fp4_gemm(const DeviceWeightView& weight, const void* x, int64_t bat
     auto* xp = reinterpret_cast<uint16_t*>(memory);
     const int64_t elements = scratch.padded_batch * weight.k;
     const int64_t threads = 256, permute_blocks = (elements / 8 + threads - 1) / threads;
+    int* arrivals = reinterpret_cast<int*>(memory + scratch.x_bytes + scratch.partial_bytes);
     permute_x_kernel<<<static_cast<unsigned>(permute_blocks), threads, 0, stream>>>(
         static_cast<const uint16_t*>(x), xp, batch, scratch.padded_batch,
-        static_cast<int>(weight.k));
+        static_cast<int>(weight.k), arrivals, plan.tiles);
     VB_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "fp4_gemm permute launch"));
-    int* arrivals = reinterpret_cast<int*>(memory + scratch.x_bytes + scratch.partial_bytes);
-    VB_RETURN_IF_ERROR(cuda_status(cudaMemsetAsync(arrivals, 0, scratch.arrival_bytes, stream),
-                                   "cudaMemsetAsync(fp4_gemm arrivals)"));
     GemmParams params{};
     params.tensor_scale = weight.tensor_scale;
     params.n = static_cast<int>(weight.n);
