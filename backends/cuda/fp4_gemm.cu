@@ -22,6 +22,9 @@
 //    too few for the SMs) can be shared step by step (stream-K): each block leaves the sums of
 //    a tile it did not finish in a float32 slot, and the last block to arrive adds the slots
 //    in block order, so the result does not depend on timing and no block ever waits.
+//  - The copies of x carry an L2 evict-last hint and those of the weight evict-first; the
+//    kernel is launched as the permute kernel's programmatic dependent, so that its prologue
+//    overlaps the permute.
 // Built for sm_90a only (wgmma and setmaxnreg are Hopper-specific); fp4_gemm_supported
 // refuses any other device.
 #include <cuda.h>
