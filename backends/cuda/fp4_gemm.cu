@@ -345,201 +345,200 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
 
   if (warpgroup == 0) {  // the producer: one thread issues every copy
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegisters));
-    if (threadIdx.x == 0) {
-      const uint64_t x_policy = l2_policy(p.l2_hints != 0, true);
-      const uint64_t weight_policy = l2_policy(p.l2_hints != 0, false);
-      int it = 0;  // the step count: stage it % kStages, its (it / kStages)-th use
-      Walk walk{static_cast<int>(blockIdx.x), my_first};
-      int tile, s0, s1;
-      while (next_segment(walk, tile, s0, s1)) {
-        const int row_block = row_block_of(tile), batch_block = batch_block_of(tile);
-        for (int j = s0; j < s1; ++j, ++it) {
-          const int s = it % kStages;
-          // The stage's previous occupant has been released by every consumer warp.
-          if (it >= kStages) mbarrier_wait(empty + 8 * s, (it / kStages - 1) & 1);
-          mbarrier_expect_bytes(full + 8 * s, Layout::kStageBytes);
-          const uint32_t stage = base + s * Layout::kStageBytes;
-          tma_load_2d(stage, &x_map, full + 8 * s, 128 * j, batch_block, x_policy);
-          tma_load_2d(stage + Layout::kXBoxBytes, &x_map, full + 8 * s, 128 * j + 64, batch_block,
-                      x_policy);
-          tma_load_2d(stage + Layout::kCodeOffset, &code_map, full + 8 * s, 64 * j, row_block,
-                      weight_policy);
-          tma_load_2d(stage + Layout::kScaleOffset, &scale_map, full + 8 * s, 16 * (j / 2),
-                      row_block, weight_policy);
-        }
-      }
-    }
-  } else {
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegisters));
-    const int consumer = threadIdx.x - 128;  // 0..255
-    const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
-    const int g = lane / 4, t = lane % 4;
-    const int local_row = 64 * (warpgroup - 1) + 16 * warp + g;  // and local_row + 8
-    uint4 codes[2];      // this lane's 16 code bytes of the step, rows local_row and + 8
-    uint32_t scales[2];  // and their two block scales
-    auto read_step = [&](int it, int j) {
-      const int s = it % kStages;
-      mbarrier_wait(full + 8 * s, (it / kStages) & 1);
-      const uint8_t* stage = smem + s * Layout::kStageBytes;
-      const uint8_t* code_tile = stage + Layout::kCodeOffset + 16 * t;
-      const uint8_t* scale_tile = stage + Layout::kScaleOffset + 8 * (j % 2) + 2 * t;
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        codes[h] = *reinterpret_cast<const uint4*>(code_tile + (local_row + 8 * h) * 64);
-        scales[h] = *reinterpret_cast<const uint16_t*>(scale_tile + (local_row + 8 * h) * 16);
-      }
-    };
-    // The stage's x has been read by this warp's wgmmas: the producer may refill it.
-    auto release = [&](int it) {
-      if (lane == 0) mbarrier_arrive(empty + 8 * (it % kStages));
-    };
-    // A fragments of half `half` of the step (4 slices of 16 k): words 2 half, 2 half + 1.
-    auto decode_half = [&](int half, uint32_t(&a)[16]) {
-      uint32_t scale[2], pair[2];  // rows local_row, local_row + 8: half 0's and half 1's scale
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        e4m3_pair_to_scales(scales[h], pair[0], pair[1]);
-        scale[h] = pair[half];
-      }
-#pragma unroll
-      for (int ww = 0; ww < 2; ++ww) {
-        uint32_t lo[4], hi[4];  // rows local_row, local_row + 8
-        e2m1_word_bits((&codes[0].x)[2 * half + ww], lo);
-        e2m1_word_bits((&codes[1].x)[2 * half + ww], hi);
-#pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          uint32_t* f = a + 4 * (2 * ww + u);
-          f[0] = mul_bf16x2(lo[2 * u], scale[0]);
-          f[1] = mul_bf16x2(hi[2 * u], scale[1]);
-          f[2] = mul_bf16x2(lo[2 * u + 1], scale[0]);
-          f[3] = mul_bf16x2(hi[2 * u + 1], scale[1]);
-        }
-      }
-    };
-    // Block `block`'s sums of an unfinished tile (which 0: the block's first segment, 1: its
-    // last): float4 j of every thread, then float4 j + 1, so that a warp's store or load of one
-    // float4 each is 512 contiguous bytes (a thread's own 512 bytes in a row took ~11 us a
-    // block to write, measured).
-    auto partial_slot = [&](int block, int which) {
-      return reinterpret_cast<float4*>(p.partials + (int64_t{block} * 2 + which) *
-                                                        kConsumerThreads * (kBn / 2)) +
-             consumer;
-    };
-    int* last_flag = reinterpret_cast<int*>(smem + Layout::kBarrierOffset + 16 * kStages);
-
-    float d[kBn / 2];
-    uint32_t a0[16], a1[16];  // the step's first and second half
-    int it = 0;
+    if (threadIdx.x != 0) return;
+    const uint64_t x_policy = l2_policy(p.l2_hints != 0, true);
+    const uint64_t weight_policy = l2_policy(p.l2_hints != 0, false);
+    int it = 0;  // the step count: stage it % kStages, its (it / kStages)-th use
     Walk walk{static_cast<int>(blockIdx.x), my_first};
     int tile, s0, s1;
     while (next_segment(walk, tile, s0, s1)) {
+      const int row_block = row_block_of(tile), batch_block = batch_block_of(tile);
+      for (int j = s0; j < s1; ++j, ++it) {
+        const int s = it % kStages;
+        // The stage's previous occupant has been released by every consumer warp.
+        if (it >= kStages) mbarrier_wait(empty + 8 * s, (it / kStages - 1) & 1);
+        mbarrier_expect_bytes(full + 8 * s, Layout::kStageBytes);
+        const uint32_t stage = base + s * Layout::kStageBytes;
+        tma_load_2d(stage, &x_map, full + 8 * s, 128 * j, batch_block, x_policy);
+        tma_load_2d(stage + Layout::kXBoxBytes, &x_map, full + 8 * s, 128 * j + 64, batch_block,
+                    x_policy);
+        tma_load_2d(stage + Layout::kCodeOffset, &code_map, full + 8 * s, 64 * j, row_block,
+                    weight_policy);
+        tma_load_2d(stage + Layout::kScaleOffset, &scale_map, full + 8 * s, 16 * (j / 2), row_block,
+                    weight_policy);
+      }
+    }
+    return;
+  }
+
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegisters));
+  const int consumer = threadIdx.x - 128;  // 0..255
+  const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int local_row = 64 * (warpgroup - 1) + 16 * warp + g;  // and local_row + 8
+  uint4 codes[2];      // this lane's 16 code bytes of the step, rows local_row and + 8
+  uint32_t scales[2];  // and their two block scales
+  auto read_step = [&](int it, int j) {
+    const int s = it % kStages;
+    mbarrier_wait(full + 8 * s, (it / kStages) & 1);
+    const uint8_t* stage = smem + s * Layout::kStageBytes;
+    const uint8_t* code_tile = stage + Layout::kCodeOffset + 16 * t;
+    const uint8_t* scale_tile = stage + Layout::kScaleOffset + 8 * (j % 2) + 2 * t;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      codes[h] = *reinterpret_cast<const uint4*>(code_tile + (local_row + 8 * h) * 64);
+      scales[h] = *reinterpret_cast<const uint16_t*>(scale_tile + (local_row + 8 * h) * 16);
+    }
+  };
+  // The stage's x has been read by this warp's wgmmas: the producer may refill it.
+  auto release = [&](int it) {
+    if (lane == 0) mbarrier_arrive(empty + 8 * (it % kStages));
+  };
+  // A fragments of half `half` of the step (4 slices of 16 k): words 2 half, 2 half + 1.
+  auto decode_half = [&](int half, uint32_t(&a)[16]) {
+    uint32_t scale[2], pair[2];  // rows local_row, local_row + 8: half 0's and half 1's scale
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      e4m3_pair_to_scales(scales[h], pair[0], pair[1]);
+      scale[h] = pair[half];
+    }
+#pragma unroll
+    for (int ww = 0; ww < 2; ++ww) {
+      uint32_t lo[4], hi[4];  // rows local_row, local_row + 8
+      e2m1_word_bits((&codes[0].x)[2 * half + ww], lo);
+      e2m1_word_bits((&codes[1].x)[2 * half + ww], hi);
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        uint32_t* f = a + 4 * (2 * ww + u);
+        f[0] = mul_bf16x2(lo[2 * u], scale[0]);
+        f[1] = mul_bf16x2(hi[2 * u], scale[1]);
+        f[2] = mul_bf16x2(lo[2 * u + 1], scale[0]);
+        f[3] = mul_bf16x2(hi[2 * u + 1], scale[1]);
+      }
+    }
+  };
+  // Block `block`'s sums of an unfinished tile (which 0: the block's first segment, 1: its
+  // last): float4 j of every thread, then float4 j + 1, so that a warp's store or load of one
+  // float4 each is 512 contiguous bytes (a thread's own 512 bytes in a row took ~11 us a
+  // block to write, measured).
+  auto partial_slot = [&](int block, int which) {
+    return reinterpret_cast<float4*>(p.partials +
+                                     (int64_t{block} * 2 + which) * kConsumerThreads * (kBn / 2)) +
+           consumer;
+  };
+  int* last_flag = reinterpret_cast<int*>(smem + Layout::kBarrierOffset + 16 * kStages);
+
+  float d[kBn / 2];
+  uint32_t a0[16], a1[16];  // the step's first and second half
+  int it = 0;
+  Walk walk{static_cast<int>(blockIdx.x), my_first};
+  int tile, s0, s1;
+  while (next_segment(walk, tile, s0, s1)) {
+#pragma unroll
+    for (int i = 0; i < kBn / 2; ++i) d[i] = 0.0f;
+    keep_registers(d);
+    read_step(it, s0);
+    decode_half(0, a0);
+    for (int j = s0; j < s1; ++j, ++it) {
+      const uint32_t x_stage = base + (it % kStages) * Layout::kStageBytes;
+      wgmma_fence();
+#pragma unroll
+      for (int s = 0; s < 4; ++s) {
+        Wgmma<kBn>::mma(d, a0 + 4 * s, swizzled_descriptor(x_stage + 32 * s));
+      }
+      wgmma_commit();
+      keep_registers(d);
+      wgmma_wait<1>();  // the previous step's second half is done: release its stage
+      keep_registers(a1);
+      if (j > s0) release(it - 1);
+      decode_half(1, a1);
+      wgmma_fence();
+#pragma unroll
+      for (int s = 0; s < 4; ++s) {
+        Wgmma<kBn>::mma(d, a1 + 4 * s, swizzled_descriptor(x_stage + Layout::kXBoxBytes + 32 * s));
+      }
+      wgmma_commit();
+      keep_registers(d);
+      wgmma_wait<1>();  // this step's first half is done: a0 may change
+      keep_registers(a0);
+      if (j + 1 < s1) {
+        read_step(it + 1, j + 1);
+        decode_half(0, a0);
+      }
+    }
+    wgmma_wait<0>();
+    keep_registers(d);
+    keep_registers(a0);
+    keep_registers(a1);
+    release(it - 1);
+
+    if (s0 > 0 || s1 < steps) {
+      // A tile shared with other blocks: each leaves its sums in a slot (a block's first
+      // segment may start inside a tile, its last may end inside one: two slots a block),
+      // and the last to arrive adds them all in block order and writes y. Nobody waits, so
+      // blocks that are not resident at the same time (other kernels on the GPU) cannot
+      // deadlock, and the sum order does not depend on who arrives last.
+      const int tile_first = (tile - whole) * steps, tile_last = tile_first + steps - 1;
+      float4* slot = partial_slot(blockIdx.x, s0 > 0 ? 0 : 1);
+#pragma unroll
+      for (int i = 0; i < kBn / 2; i += 4) {
+        __stcg(slot + i / 4 * kConsumerThreads, make_float4(d[i], d[i + 1], d[i + 2], d[i + 3]));
+      }
+      __threadfence();
+      consumer_barrier();
+      if (consumer == 0) {
+        const int first = owner_of(tile_first, gridDim.x, work);
+        const int sharing = owner_of(tile_last, gridDim.x, work) - first + 1;
+        const int arrived = atomicAdd(p.arrivals + tile, 1) + 1;
+        __threadfence();
+        *last_flag = arrived == sharing ? 1 : 0;
+      }
+      consumer_barrier();
+      const bool last = *last_flag != 0;
+      consumer_barrier();  // everyone has read the flag before a later segment rewrites it
+      if (!last) continue;
 #pragma unroll
       for (int i = 0; i < kBn / 2; ++i) d[i] = 0.0f;
-      keep_registers(d);
-      read_step(it, s0);
-      decode_half(0, a0);
-      for (int j = s0; j < s1; ++j, ++it) {
-        const uint32_t x_stage = base + (it % kStages) * Layout::kStageBytes;
-        wgmma_fence();
-#pragma unroll
-        for (int s = 0; s < 4; ++s) {
-          Wgmma<kBn>::mma(d, a0 + 4 * s, swizzled_descriptor(x_stage + 32 * s));
-        }
-        wgmma_commit();
-        keep_registers(d);
-        wgmma_wait<1>();  // the previous step's second half is done: release its stage
-        keep_registers(a1);
-        if (j > s0) release(it - 1);
-        decode_half(1, a1);
-        wgmma_fence();
-#pragma unroll
-        for (int s = 0; s < 4; ++s) {
-          Wgmma<kBn>::mma(d, a1 + 4 * s,
-                          swizzled_descriptor(x_stage + Layout::kXBoxBytes + 32 * s));
-        }
-        wgmma_commit();
-        keep_registers(d);
-        wgmma_wait<1>();  // this step's first half is done: a0 may change
-        keep_registers(a0);
-        if (j + 1 < s1) {
-          read_step(it + 1, j + 1);
-          decode_half(0, a0);
-        }
-      }
-      wgmma_wait<0>();
-      keep_registers(d);
-      keep_registers(a0);
-      keep_registers(a1);
-      release(it - 1);
-
-      if (s0 > 0 || s1 < steps) {
-        // A tile shared with other blocks: each leaves its sums in a slot (a block's first
-        // segment may start inside a tile, its last may end inside one: two slots a block),
-        // and the last to arrive adds them all in block order and writes y. Nobody waits, so
-        // blocks that are not resident at the same time (other kernels on the GPU) cannot
-        // deadlock, and the sum order does not depend on who arrives last.
-        const int tile_first = (tile - whole) * steps, tile_last = tile_first + steps - 1;
-        float4* slot = partial_slot(blockIdx.x, s0 > 0 ? 0 : 1);
+      const int first = owner_of(tile_first, gridDim.x, work);
+      const int final_block = owner_of(tile_last, gridDim.x, work);
+      for (int block = first; block <= final_block; ++block) {
+        const float4* other =
+            partial_slot(block, first_step_of(block, gridDim.x, work) > tile_first ? 0 : 1);
 #pragma unroll
         for (int i = 0; i < kBn / 2; i += 4) {
-          __stcg(slot + i / 4 * kConsumerThreads, make_float4(d[i], d[i + 1], d[i + 2], d[i + 3]));
-        }
-        __threadfence();
-        consumer_barrier();
-        if (consumer == 0) {
-          const int first = owner_of(tile_first, gridDim.x, work);
-          const int sharing = owner_of(tile_last, gridDim.x, work) - first + 1;
-          const int arrived = atomicAdd(p.arrivals + tile, 1) + 1;
-          __threadfence();
-          *last_flag = arrived == sharing ? 1 : 0;
-        }
-        consumer_barrier();
-        const bool last = *last_flag != 0;
-        consumer_barrier();  // everyone has read the flag before a later segment rewrites it
-        if (!last) continue;
-#pragma unroll
-        for (int i = 0; i < kBn / 2; ++i) d[i] = 0.0f;
-        const int first = owner_of(tile_first, gridDim.x, work);
-        const int final_block = owner_of(tile_last, gridDim.x, work);
-        for (int block = first; block <= final_block; ++block) {
-          const float4* other =
-              partial_slot(block, first_step_of(block, gridDim.x, work) > tile_first ? 0 : 1);
-#pragma unroll
-          for (int i = 0; i < kBn / 2; i += 4) {
-            const float4 v = __ldcg(other + i / 4 * kConsumerThreads);
-            d[i] += v.x;
-            d[i + 1] += v.y;
-            d[i + 2] += v.z;
-            d[i + 3] += v.w;
-          }
+          const float4 v = __ldcg(other + i / 4 * kConsumerThreads);
+          d[i] += v.x;
+          d[i + 1] += v.y;
+          d[i + 2] += v.z;
+          d[i + 3] += v.w;
         }
       }
-      // d[4 c + 2 h + e]: weight row local_row + 8 h, batch row 8 c + 2 t + e of the tile.
-      // Addresses advance by a pointer step and the bounds are two predicates, so that each
-      // output costs a multiply-add, a conversion and a store (the first version, with an
-      // address and a branch per output, took ~5 us a tile).
-      const int row = row_block_of(tile) + local_row;  // and row + 8
-      const int first_batch_row = batch_block_of(tile) + 2 * t;
-      const float out_scale = p.tensor_scale * kE2m1OutputBias;
-      float b[2];
-      bool row_ok[2];
+    }
+    // d[4 c + 2 h + e]: weight row local_row + 8 h, batch row 8 c + 2 t + e of the tile.
+    // Addresses advance by a pointer step and the bounds are two predicates, so that each
+    // output costs a multiply-add, a conversion and a store (the first version, with an
+    // address and a branch per output, took ~5 us a tile).
+    const int row = row_block_of(tile) + local_row;  // and row + 8
+    const int first_batch_row = batch_block_of(tile) + 2 * t;
+    const float out_scale = p.tensor_scale * kE2m1OutputBias;
+    float b[2];
+    bool row_ok[2];
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        row_ok[h] = row + 8 * h < p.n;
-        b[h] = p.bias == nullptr || !row_ok[h] ? 0.0f : __bfloat162float(p.bias[row + 8 * h]);
-      }
-      const int64_t n = p.n;
-      __nv_bfloat16* out = p.y + first_batch_row * n + row;
-      const int rows_left = p.batch - first_batch_row;  // batch row 8 c + e exists: < this
+    for (int h = 0; h < 2; ++h) {
+      row_ok[h] = row + 8 * h < p.n;
+      b[h] = p.bias == nullptr || !row_ok[h] ? 0.0f : __bfloat162float(p.bias[row + 8 * h]);
+    }
+    const int64_t n = p.n;
+    __nv_bfloat16* out = p.y + first_batch_row * n + row;
+    const int rows_left = p.batch - first_batch_row;  // batch row 8 c + e exists: < this
 #pragma unroll
-      for (int c = 0; c < kBn / 8; ++c, out += 8 * n) {
+    for (int c = 0; c < kBn / 8; ++c, out += 8 * n) {
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
+      for (int e = 0; e < 2; ++e) {
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            if (row_ok[h] && 8 * c + e < rows_left) {
-              out[e * n + 8 * h] = __float2bfloat16(d[4 * c + 2 * h + e] * out_scale + b[h]);
-            }
+        for (int h = 0; h < 2; ++h) {
+          if (row_ok[h] && 8 * c + e < rows_left) {
+            out[e * n + 8 * h] = __float2bfloat16(d[4 * c + 2 * h + e] * out_scale + b[h]);
           }
         }
       }
