@@ -349,34 +349,39 @@ void sweep_gemm(double copy_gbps, int64_t rotate_bytes, int reps,
       const at::Tensor ref = at::linear(x.to(at::kFloat), w.dequantized.to(at::kFloat));
       const double bf16_ms =
           median_ms(reps, [&](int i) { y = at::linear(x, w.w16[i % w.w16.size()]); });
-      // The default (and without L2 hints), every batch tile on both grids where the choice
-      // is close, and dequantize + GEMM.
+      // The default (and without L2 hints, and storing one bf16 at a time), every batch tile
+      // on both grids where the choice is close, and dequantize + GEMM.
       struct Run {
         Path path;
         int tile;  // 0: chosen
         fp4::GemmGrid grid;
-        bool l2_hints;
+        bool l2_hints = true;
+        bool word_stores = true;
       };
-      std::vector<Run> runs = {{Path::kGemm, 0, fp4::GemmGrid::kChosen, true},
-                               {Path::kGemm, 0, fp4::GemmGrid::kChosen, false}};
+      std::vector<Run> runs = {{Path::kGemm, 0, fp4::GemmGrid::kChosen},
+                               {Path::kGemm, 0, fp4::GemmGrid::kChosen, false},
+                               {Path::kGemm, 0, fp4::GemmGrid::kChosen, true, false}};
       if (batch >= 64 && batch <= 256) {
         for (int tile : {64, 128, 256}) {
-          runs.push_back({Path::kGemm, tile, fp4::GemmGrid::kTilePerBlock, true});
-          runs.push_back({Path::kGemm, tile, fp4::GemmGrid::kResident, true});
+          runs.push_back({Path::kGemm, tile, fp4::GemmGrid::kTilePerBlock});
+          runs.push_back({Path::kGemm, tile, fp4::GemmGrid::kResident});
         }
       }
-      runs.push_back({Path::kDequantGemm, 0, fp4::GemmGrid::kChosen, true});
+      runs.push_back({Path::kDequantGemm, 0, fp4::GemmGrid::kChosen});
       for (const Run& r : runs) {
         fp4::GemmOptions gemm;
         gemm.batch_tile = r.tile;
         gemm.grid = r.grid;
         gemm.l2_hints = r.l2_hints;
+        gemm.word_stores = r.word_stores;
         std::string name = path_name(r.path);
         if (r.path == Path::kGemm && r.tile != 0) {
           name = "fp4_gemm " + std::to_string(r.tile) +
                  (r.grid == fp4::GemmGrid::kResident ? " shared" : " tile/blk");
         } else if (r.path == Path::kGemm && !r.l2_hints) {
           name += " no hints";
+        } else if (r.path == Path::kGemm && !r.word_stores) {
+          name += " bf16 stores";
         }
         y.fill_(std::numeric_limits<float>::quiet_NaN());
         run_path(r.path, w.w4[0].view, x, batch, y, scratch, gemm);

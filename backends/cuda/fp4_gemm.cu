@@ -20,8 +20,9 @@
 //    fragments into the other register set: the tensor cores and the decode overlap.
 //  - Blocks take whole tiles in waves; the tiles left over (or all of them, when there are
 //    too few for the SMs) can be shared step by step (stream-K): each block leaves the sums of
-//    a tile it did not finish in a float32 slot, and the last block to arrive adds the slots
-//    in block order, so the result does not depend on timing and no block ever waits.
+//    a tile it did not finish in a float32 slot, and the last block to finish its part adds
+//    those slots to its own sums in block order, so the result does not depend on timing; it
+//    waits only for blocks already past their part, so it cannot deadlock.
 //  - The copies of x carry an L2 evict-last hint and those of the weight evict-first; the
 //    kernel is launched as the permute kernel's programmatic dependent, so that its prologue
 //    overlaps the permute.
@@ -64,7 +65,8 @@ struct GemmLayout {
   static constexpr int kFit = (kMaxSmemBytes - 1024 - 16 * 8 - 16) / kStageBytes;
   static constexpr int kStages = kFit < 8 ? kFit : 8;
   static constexpr int kBarrierOffset = kStages * kStageBytes;
-  // Barriers, one int (the last block to reach a shared tile), realignment.
+  // Barriers, two ints (is the block last to finish its first / last shared segment),
+  // realignment.
   static constexpr int kSmemBytes = kBarrierOffset + 16 * kStages + 16 + 1024;
   static_assert(kStages >= 2 && kSmemBytes <= kMaxSmemBytes, "stages do not fit");
 };
@@ -79,10 +81,11 @@ struct GemmParams {
   int batch_blocks;           // BN-row blocks of the (padded) batch
   int tiles;                  // tiles * (k / 128) < 2^31: fp4_gemm_supported
   int l2_hints;               // 1: x evict-last, the weight evict-first in the L2
+  int word_stores;            // 1: y in 8-byte words (n % 4 == 0, y 8-byte aligned)
   const __nv_bfloat16* bias;  // n values or null
   __nv_bfloat16* y;           // [batch, n]
   float* partials;            // per block, 2 slots of 256 threads x BN / 2 floats (shared tiles)
-  int* arrivals;              // per tile: blocks that have left their sums (zeroed before)
+  int* tile_counts;           // per tile: tickets taken, slots written (zeroed before)
 };
 
 __device__ __forceinline__ void mbarrier_init(uint32_t bar, uint32_t count) {
@@ -219,6 +222,13 @@ struct Wgmma<256> {
   }
 };
 
+// Two floats rounded to bf16 in one word, `low` in the low half (the lower column of an MMA
+// fragment).
+__device__ __forceinline__ uint32_t bf16x2_bits(float low, float high) {
+  const __nv_bfloat162 pair = __floats2bfloat162_rn(low, high);
+  return *reinterpret_cast<const uint32_t*>(&pair);
+}
+
 __device__ __forceinline__ uint32_t mul_bf16x2(uint32_t a, uint32_t b) {
   uint32_t r;
   asm("mul.rn.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
@@ -238,16 +248,16 @@ __device__ __forceinline__ int step_k_of(int s, int e) {
 // xp[b][128 step + 16 s + e] = x[b][128 step + step_k_of(s, e)] for b < batch, and 0 for the
 // rows up to `padded_batch` (whole batch tiles: the TMA never reads past the end of xp, which
 // measured slower than reading zeros). A thread writes 8 outputs.
-// It also zeroes the tiles' arrival counts (one launch instead of a memset and a kernel), and
+// It also zeroes the tiles' two counts (one launch instead of a memset and a kernel), and
 // lets the GEMM kernel, launched as its programmatic dependent, start its prologue meanwhile.
 __global__ void permute_x_kernel(const uint16_t* __restrict__ x, uint16_t* __restrict__ xp,
-                                 int64_t batch, int64_t padded_batch, int k, int* arrivals,
-                                 int64_t tiles) {
+                                 int64_t batch, int64_t padded_batch, int k, int* tile_counts,
+                                 int64_t counts) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
   const int64_t thread = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
-  for (int64_t t = thread; t < tiles; t += int64_t{gridDim.x} * blockDim.x) arrivals[t] = 0;
+  for (int64_t c = thread; c < counts; c += int64_t{gridDim.x} * blockDim.x) tile_counts[c] = 0;
   const int64_t i = thread * 8;
   if (i >= padded_batch * k) return;
   const int64_t row = i / k;
@@ -281,8 +291,26 @@ __device__ __forceinline__ int owner_of(int step, int blocks, int work) {
   return block;
 }
 
+// The tile counts' two sides: a writer's release after its slot stores, the last block's
+// acquire before it reads the slots.
+__device__ __forceinline__ void red_release_add(int* counter, int value) {
+  asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(counter), "r"(value) : "memory");
+}
+__device__ __forceinline__ int load_acquire(const int* counter) {
+  int value;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(value) : "l"(counter) : "memory");
+  return value;
+}
+
 __device__ __forceinline__ void consumer_barrier() {
   asm volatile("bar.sync 1, %0;\n" ::"n"(kConsumerThreads) : "memory");
+}
+// Named barrier 2: the consumers (arrive, and go on) and the bookkeeper warp (waits).
+__device__ __forceinline__ void slot_barrier_arrive() {
+  asm volatile("bar.arrive 2, %0;\n" ::"n"(kConsumerThreads + 32) : "memory");
+}
+__device__ __forceinline__ void slot_barrier_sync() {
+  asm volatile("bar.sync 2, %0;\n" ::"n"(kConsumerThreads + 32) : "memory");
 }
 
 template <int kBn>
@@ -318,7 +346,7 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
   }
   __syncthreads();
   // Launched as the permute kernel's programmatic dependent: the prologue above may run before
-  // that kernel ends; its x and zeroed arrival counts are only complete and visible after this.
+  // that kernel ends; its x and zeroed tile counts are only complete and visible after this.
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
   // The block's work as segments, steps [s0, s1) of tile `tile`: its whole tiles, then one
   // segment per shared tile its share touches. `next` is where the walk stands.
@@ -343,8 +371,31 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
   auto row_block_of = [&](int tile) { return (tile / p.batch_blocks) * kGemmRows; };
   auto batch_block_of = [&](int tile) { return (tile % p.batch_blocks) * kBn; };
 
+  // Is the block the last to finish its first (0) / last (1) shared segment: set by consumer
+  // 0, read by the other consumers and the bookkeeper warp. Each is written once a launch.
+  int* last_flags = reinterpret_cast<int*>(smem + Layout::kBarrierOffset + 16 * kStages);
+
   if (warpgroup == 0) {  // the producer: one thread issues every copy
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegisters));
+    if (threadIdx.x / 32 == 1) {
+      // The bookkeeper warp. Where the block is not the last to finish a shared segment, the
+      // consumers store their sums in a slot, arrive at a named barrier and go on with the
+      // next segment; this warp waits there and publishes the slot with one release (the
+      // barrier orders every consumer's stores before it, as in CUTLASS's generic barrier).
+      // The consumers would otherwise wait ~2-3 us for their stores to drain before that
+      // release. A block has at most two shared segments (its shared run's first and last),
+      // so the barrier is never arrived at twice before this warp has waited on it.
+      Walk walk{static_cast<int>(blockIdx.x), my_first};
+      int tile, s0, s1;
+      while (next_segment(walk, tile, s0, s1)) {
+        if (s0 == 0 && s1 == steps) continue;
+        slot_barrier_sync();
+        if (threadIdx.x % 32 == 0 && last_flags[s0 > 0 ? 0 : 1] == 0) {
+          red_release_add(p.tile_counts + 2 * tile + 1, 1);
+        }
+      }
+      return;
+    }
     if (threadIdx.x != 0) return;
     const uint64_t x_policy = l2_policy(p.l2_hints != 0, true);
     const uint64_t weight_policy = l2_policy(p.l2_hints != 0, false);
@@ -426,7 +477,6 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
                                      (int64_t{block} * 2 + which) * kConsumerThreads * (kBn / 2)) +
            consumer;
   };
-  int* last_flag = reinterpret_cast<int*>(smem + Layout::kBarrierOffset + 16 * kStages);
 
   float d[kBn / 2];
   uint32_t a0[16], a1[16];  // the step's first and second half
@@ -437,9 +487,15 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
 #pragma unroll
     for (int i = 0; i < kBn / 2; ++i) d[i] = 0.0f;
     keep_registers(d);
+    const bool shared_tile = s0 > 0 || s1 < steps;
+    int* tickets = p.tile_counts + 2 * tile;  // and tickets + 1: slots written
+    int ticket = 0;
     read_step(it, s0);
     decode_half(0, a0);
     for (int j = s0; j < s1; ++j, ++it) {
+      // A shared tile's ticket is taken as its last step starts, so that the atomic's round
+      // trip overlaps the step (~1 us a segment, measured).
+      if (shared_tile && consumer == 0 && j + 1 == s1) ticket = atomicAdd(tickets, 1);
       const uint32_t x_stage = base + (it % kStages) * Layout::kStageBytes;
       wgmma_fence();
 #pragma unroll
@@ -472,36 +528,53 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
     keep_registers(a1);
     release(it - 1);
 
-    if (s0 > 0 || s1 < steps) {
-      // A tile shared with other blocks: each leaves its sums in a slot (a block's first
-      // segment may start inside a tile, its last may end inside one: two slots a block),
-      // and the last to arrive adds them all in block order and writes y. Nobody waits, so
+    if (shared_tile) {
+      // A tile shared with other blocks (a block's first segment may start inside a tile, its
+      // last may end inside one). Each block takes a ticket as it starts its segment's last
+      // step; the last ticket adds the other blocks' sums to its own registers in block order and
+      // writes y, and every other block leaves its sums in a slot. The last block waits only for
+      // blocks that took a ticket before it: they are running and wait for nothing, so
       // blocks that are not resident at the same time (other kernels on the GPU) cannot
       // deadlock, and the sum order does not depend on who arrives last.
       const int tile_first = (tile - whole) * steps, tile_last = tile_first + steps - 1;
-      float4* slot = partial_slot(blockIdx.x, s0 > 0 ? 0 : 1);
-#pragma unroll
-      for (int i = 0; i < kBn / 2; i += 4) {
-        __stcg(slot + i / 4 * kConsumerThreads, make_float4(d[i], d[i + 1], d[i + 2], d[i + 3]));
-      }
-      __threadfence();
-      consumer_barrier();
-      if (consumer == 0) {
-        const int first = owner_of(tile_first, gridDim.x, work);
-        const int sharing = owner_of(tile_last, gridDim.x, work) - first + 1;
-        const int arrived = atomicAdd(p.arrivals + tile, 1) + 1;
-        __threadfence();
-        *last_flag = arrived == sharing ? 1 : 0;
-      }
-      consumer_barrier();
-      const bool last = *last_flag != 0;
-      consumer_barrier();  // everyone has read the flag before a later segment rewrites it
-      if (!last) continue;
-#pragma unroll
-      for (int i = 0; i < kBn / 2; ++i) d[i] = 0.0f;
       const int first = owner_of(tile_first, gridDim.x, work);
       const int final_block = owner_of(tile_last, gridDim.x, work);
+      const int which = s0 > 0 ? 0 : 1;
+      if (consumer == 0) {
+        const bool last = ticket == final_block - first;
+        if (last) {
+          while (load_acquire(tickets + 1) != final_block - first) {
+          }
+        }
+        last_flags[which] = last ? 1 : 0;
+      }
+      consumer_barrier();  // the flag, and for the last block the other slots, are visible
+      const bool last = last_flags[which] != 0;
+      if (!last) {
+        float4* slot = partial_slot(blockIdx.x, which);
+#pragma unroll
+        for (int i = 0; i < kBn / 2; i += 4) {
+          __stcg(slot + i / 4 * kConsumerThreads, make_float4(d[i], d[i + 1], d[i + 2], d[i + 3]));
+        }
+        slot_barrier_arrive();  // the bookkeeper warp publishes the slot
+        continue;
+      }
+      slot_barrier_arrive();  // the bookkeeper warp reads the flag: nothing to publish
+      // The sum is ((slot[first] + slot[first + 1]) + ...). Addition commutes, so when this
+      // block is first or second its own sums start the sum from registers; further along,
+      // they go through its slot like the others' (its own stores, read back by the same
+      // threads).
+      const bool own_in_registers = blockIdx.x - first < 2;
+      if (!own_in_registers) {
+        float4* slot = partial_slot(blockIdx.x, which);
+#pragma unroll
+        for (int i = 0; i < kBn / 2; i += 4) {
+          __stcg(slot + i / 4 * kConsumerThreads, make_float4(d[i], d[i + 1], d[i + 2], d[i + 3]));
+          d[i] = d[i + 1] = d[i + 2] = d[i + 3] = 0.0f;
+        }
+      }
       for (int block = first; block <= final_block; ++block) {
+        if (block == static_cast<int>(blockIdx.x) && own_in_registers) continue;
         const float4* other =
             partial_slot(block, first_step_of(block, gridDim.x, work) > tile_first ? 0 : 1);
 #pragma unroll
@@ -514,21 +587,62 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
         }
       }
     }
-    // d[4 c + 2 h + e]: weight row local_row + 8 h, batch row 8 c + 2 t + e of the tile.
-    // Addresses advance by a pointer step and the bounds are two predicates, so that each
-    // output costs a multiply-add, a conversion and a store (the first version, with an
-    // address and a branch per output, took ~5 us a tile).
-    const int row = row_block_of(tile) + local_row;  // and row + 8
-    const int first_batch_row = batch_block_of(tile) + 2 * t;
+    // d[4 c + 2 h + e]: weight row local_row + 8 h, batch row 8 c + 2 t + e of the tile. So a
+    // lane holds 2 batch rows x 2 weight rows of every 8 batch rows, and y is batch-row major:
+    // stored as they are, a warp's store of one output each touches 4 pieces of 16 bytes (the
+    // epilogue took ~5 us a tile when each output also computed its address, ~3 us through a
+    // shared-memory transpose whose rounds each waited on the last).
     const float out_scale = p.tensor_scale * kE2m1OutputBias;
     float b[2];
-    bool row_ok[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      row_ok[h] = row + 8 * h < p.n;
-      b[h] = p.bias == nullptr || !row_ok[h] ? 0.0f : __bfloat162float(p.bias[row + 8 * h]);
+      const int row = row_block_of(tile) + local_row + 8 * h;
+      b[h] = p.bias == nullptr || row >= p.n ? 0.0f : __bfloat162float(p.bias[row]);
     }
+    auto output = [&](int c, int h, int e) { return d[4 * c + 2 * h + e] * out_scale + b[h]; };
     const int64_t n = p.n;
+    if (p.word_stores != 0) {
+      // Two exchanges of bf16 pairs in registers, for every 8 batch rows, give each lane 4
+      // consecutive weight rows of one batch row, stored as one 8-byte word; the 4 lanes of
+      // a batch row cover the warp's 16 rows, so a warp's store is 8 whole 32-byte sectors:
+      //  1. with lane ^ 4 (weight row g ^ 1): a lane of even g ends with rows g, g + 1 of
+      //     batch row 2 t, one of odd g with rows g - 1, g of batch row 2 t + 1 (for h = 0 and
+      //     h = 1);
+      //  2. with lane ^ 8 (weight row g ^ 2): where g & 2 is 0 the lane ends with the h = 0
+      //     pairs, rows 4 (g / 4) .. + 3; else with the h = 1 pairs, 8 rows further.
+      const bool odd = (g & 1) != 0, upper = (g & 2) != 0;
+      const int row =
+          row_block_of(tile) + 64 * (warpgroup - 1) + 16 * warp + 4 * (g / 4) + (upper ? 8 : 0);
+      const int batch_row = batch_block_of(tile) + 2 * t + (odd ? 1 : 0);
+      const bool in_n = row < p.n;                      // n % 4 == 0: all 4 rows or none
+      const int batch_rows_left = p.batch - batch_row;  // batch row + 8 c exists: 8 c < this
+      uint2* out = reinterpret_cast<uint2*>(p.y + batch_row * n + row);
+#pragma unroll
+      for (int c = 0; c < kBn / 8; ++c, out += 2 * n) {
+        // Low half h = 0, high half h = 1: the batch row this lane keeps, and the other
+        // (selects, not an index: d must stay in registers).
+        const uint32_t batch_even = bf16x2_bits(output(c, 0, 0), output(c, 1, 0));
+        const uint32_t batch_odd = bf16x2_bits(output(c, 0, 1), output(c, 1, 1));
+        const uint32_t keep = odd ? batch_odd : batch_even, give = odd ? batch_even : batch_odd;
+        const uint32_t got = __shfl_xor_sync(0xFFFFFFFFu, give, 4);
+        const uint32_t low_row = odd ? got : keep, high_row = odd ? keep : got;
+        const uint32_t pair0 = __byte_perm(low_row, high_row, 0x5410);  // h = 0
+        const uint32_t pair1 = __byte_perm(low_row, high_row, 0x7632);  // h = 1
+        const uint32_t other = __shfl_xor_sync(0xFFFFFFFFu, upper ? pair0 : pair1, 8);
+        if (in_n && 8 * c < batch_rows_left) {
+          *out = upper ? make_uint2(other, pair1) : make_uint2(pair0, other);
+        }
+      }
+      continue;
+    }
+    // One bf16 a store (n % 4 != 0, or y not 8-byte aligned). Addresses advance by a pointer
+    // step and the bounds are two predicates, so that each output costs a multiply-add, a
+    // conversion and a store.
+    const int row = row_block_of(tile) + local_row;  // and row + 8
+    bool row_ok[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) row_ok[h] = row + 8 * h < p.n;
+    const int first_batch_row = batch_block_of(tile) + 2 * t;
     __nv_bfloat16* out = p.y + first_batch_row * n + row;
     const int rows_left = p.batch - first_batch_row;  // batch row 8 c + e exists: < this
 #pragma unroll
@@ -538,7 +652,7 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           if (row_ok[h] && 8 * c + e < rows_left) {
-            out[e * n + 8 * h] = __float2bfloat16(d[4 * c + 2 * h + e] * out_scale + b[h]);
+            out[e * n + 8 * h] = __float2bfloat16(output(c, h, e));
           }
         }
       }
@@ -609,11 +723,11 @@ absl::Status check_alignment(const void* p, int bytes, const char* what) {
 }
 
 // Scratch memory of one call: x permuted and padded to whole batch tiles, each block's two
-// partial-sum slots, and each tile's arrival count.
+// partial-sum slots, and each tile's two counts (tickets, slots written).
 struct GemmScratch {
   int64_t padded_batch = 0;
-  size_t x_bytes = 0, partial_bytes = 0, arrival_bytes = 0;
-  size_t total() const { return x_bytes + partial_bytes + arrival_bytes; }
+  size_t x_bytes = 0, partial_bytes = 0, count_bytes = 0;
+  size_t total() const { return x_bytes + partial_bytes + count_bytes; }
 };
 
 GemmScratch gemm_scratch(int64_t batch, int64_t k, int batch_tile, int64_t blocks, int64_t tiles) {
@@ -623,7 +737,7 @@ GemmScratch gemm_scratch(int64_t batch, int64_t k, int batch_tile, int64_t block
   s.x_bytes = round_up(static_cast<size_t>(s.padded_batch * k * 2));
   s.partial_bytes =
       round_up(sizeof(float) * static_cast<size_t>(blocks) * 2 * kConsumerThreads * batch_tile / 2);
-  s.arrival_bytes = round_up(sizeof(int) * static_cast<size_t>(tiles));
+  s.count_bytes = round_up(sizeof(int) * 2 * static_cast<size_t>(tiles));
   return s;
 }
 
@@ -794,10 +908,10 @@ absl::Status fp4_gemm(const DeviceWeightView& weight, const void* x, int64_t bat
     auto* xp = reinterpret_cast<uint16_t*>(memory);
     const int64_t elements = scratch.padded_batch * weight.k;
     const int64_t threads = 256, permute_blocks = (elements / 8 + threads - 1) / threads;
-    int* arrivals = reinterpret_cast<int*>(memory + scratch.x_bytes + scratch.partial_bytes);
+    int* tile_counts = reinterpret_cast<int*>(memory + scratch.x_bytes + scratch.partial_bytes);
     permute_x_kernel<<<static_cast<unsigned>(permute_blocks), threads, 0, stream>>>(
         static_cast<const uint16_t*>(x), xp, batch, scratch.padded_batch,
-        static_cast<int>(weight.k), arrivals, plan.tiles);
+        static_cast<int>(weight.k), tile_counts, 2 * plan.tiles);
     VB_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "fp4_gemm permute launch"));
     GemmParams params{};
     params.tensor_scale = weight.tensor_scale;
@@ -807,10 +921,12 @@ absl::Status fp4_gemm(const DeviceWeightView& weight, const void* x, int64_t bat
     params.batch_blocks = static_cast<int>(scratch.padded_batch / plan.batch_tile);
     params.tiles = static_cast<int>(plan.tiles);
     params.l2_hints = options.l2_hints ? 1 : 0;
+    params.word_stores =
+        options.word_stores && weight.n % 4 == 0 && reinterpret_cast<uintptr_t>(y) % 8 == 0 ? 1 : 0;
     params.bias = static_cast<const __nv_bfloat16*>(bias);
     params.y = static_cast<__nv_bfloat16*>(y);
     params.partials = reinterpret_cast<float*>(memory + scratch.x_bytes);
-    params.arrivals = arrivals;
+    params.tile_counts = tile_counts;
     const int grid = static_cast<int>(plan.blocks);
     const int64_t rows = scratch.padded_batch;
     switch (plan.batch_tile) {

@@ -159,6 +159,9 @@ struct GemmOptions {
   // L2 eviction priorities on the copies: x (read by every block) last, the weight (read
   // once) first.
   bool l2_hints = true;
+  // y written in 8-byte words (4 weight rows of a batch row), the outputs transposed through
+  // shared memory, where n % 4 == 0 and y is 8-byte aligned; else, or false, one bf16 a store.
+  bool word_stores = true;
 };
 
 // y[b, j] = sum_k x[b, k] * W[j, k] (+ bias[j]) for any batch >= 1 (meant for batch > 16,

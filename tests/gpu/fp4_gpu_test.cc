@@ -872,13 +872,15 @@ bool hopper_visible() {
 // (the small rows' block scales reach E4M3's subnormals), against float64; run twice, the two
 // results must agree bit for bit (blocks sharing a tile add their sums in a fixed order).
 void check_gemm(int64_t n, int64_t k, int64_t batch, bool with_bias, int decades, unsigned seed,
-                GemmOptions options = {}) {
-  const std::string label = "fp4_gemm n=" + std::to_string(n) + " k=" + std::to_string(k) +
-                            " batch=" + std::to_string(batch) + (with_bias ? " +bias" : "") +
-                            " rows over " + std::to_string(decades) + " decades, batch_tile " +
-                            std::to_string(options.batch_tile) + ", max_blocks " +
-                            std::to_string(options.max_blocks) +
-                            (options.l2_hints ? "" : ", no L2 hints");
+                GemmOptions options = {}, int64_t y_offset = 0) {
+  const std::string label =
+      "fp4_gemm n=" + std::to_string(n) + " k=" + std::to_string(k) +
+      " batch=" + std::to_string(batch) + (with_bias ? " +bias" : "") + " rows over " +
+      std::to_string(decades) + " decades, batch_tile " + std::to_string(options.batch_tile) +
+      ", max_blocks " + std::to_string(options.max_blocks) +
+      (options.l2_hints ? "" : ", no L2 hints") +
+      (options.word_stores ? "" : ", one bf16 a store") +
+      (y_offset == 0 ? "" : ", y " + std::to_string(2 * y_offset) + " bytes into its buffer");
   std::vector<float> wf = gaussian(n * k, seed, 0.02f);
   for (int64_t j = 0; j < n; ++j) {
     const float row_scale = std::pow(10.0f, -static_cast<float>(j % decades));
@@ -894,19 +896,23 @@ void check_gemm(int64_t n, int64_t k, int64_t batch, bool with_bias, int decades
   auto device = DeviceWeight::upload(*q);
   ASSERT_TRUE(device.ok()) << device.status();
   ASSERT_TRUE(fp4_gemm_supported((*device)->view(), batch, Activation::kBf16).ok()) << label;
-  Buffer dx(x.size() * 2), dbias(n * 2), dy(batch * n * 2);
+  Buffer dx(x.size() * 2), dbias(n * 2), dy((y_offset + batch * n) * 2);
   dx.upload(x);
   if (with_bias) dbias.upload(bias);
   const std::vector<double> ref = reference(x, batch, *q, bias, Activation::kBf16);
   std::vector<uint16_t> first;
   for (int run = 0; run < 2; ++run) {
     dy.poison();
-    const absl::Status status =
-        fp4_gemm((*device)->view(), dx.get(), batch, Activation::kBf16,
-                 with_bias ? dbias.get() : nullptr, dy.get(), nullptr, options);
+    const absl::Status status = fp4_gemm(
+        (*device)->view(), dx.get(), batch, Activation::kBf16, with_bias ? dbias.get() : nullptr,
+        static_cast<uint16_t*>(dy.get()) + y_offset, nullptr, options);
     ASSERT_TRUE(status.ok()) << label << ": " << status;
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << label;
-    const std::vector<uint16_t> y = dy.download<uint16_t>(batch * n);
+    std::vector<uint16_t> y = dy.download<uint16_t>(y_offset + batch * n);
+    for (int64_t i = 0; i < y_offset; ++i) {
+      ASSERT_EQ(y[i], 0xFFFF) << label << ": written before y";
+    }
+    y.erase(y.begin(), y.begin() + y_offset);
     const double error = checked_error(y, ref, Activation::kBf16, label);
     EXPECT_LT(error, 1e-2) << label;
     if (run == 0) {
@@ -924,7 +930,7 @@ TEST(Fp4GpuTest, GemmMatchesFloat64) {
   unsigned seed = 300;
   check_gemm(256, 256, 17, true, 1, seed++);     // the smallest k, batch just past fp4_linear
   check_gemm(300, 512, 40, false, 8, seed++);    // n not a multiple of 128: rows read as zero
-  check_gemm(301, 256, 33, true, 2, seed++);     // odd n: outputs stored one at a time
+  check_gemm(301, 256, 33, true, 2, seed++);     // odd n: outputs stored one bf16 at a time
   check_gemm(1000, 1024, 300, true, 4, seed++);  // two 256-row batch tiles, the last partial
   // 132 row blocks x 2 batch tiles: a whole number of tiles for each block of an H200.
   check_gemm(128 * 132, 256, 257, true, 2, seed++);
@@ -937,6 +943,12 @@ TEST(Fp4GpuTest, GemmMatchesFloat64) {
   GemmOptions no_hints;
   no_hints.l2_hints = false;
   check_gemm(1000, 1024, 300, true, 4, seed++, no_hints);
+  // y one bf16 at a time where it could take 8-byte words (odd n above takes it anyway).
+  GemmOptions bf16_stores;
+  bf16_stores.word_stores = false;
+  check_gemm(1000, 1024, 300, true, 4, seed++, bf16_stores);
+  // y 2 bytes past an 8-byte boundary: no 8-byte stores, whatever n.
+  check_gemm(1000, 1024, 300, true, 4, seed++, GemmOptions{}, 1);
 }
 
 // Grids that share tiles between blocks (stream-K) on 3 x 2 tiles of 8 steps: every tile
