@@ -22,7 +22,10 @@
 //    too few for the SMs) can be shared step by step (stream-K): each block leaves the sums of
 //    a tile it did not finish in a float32 slot, and the last block to finish its part adds
 //    those slots to its own sums in block order, so the result does not depend on timing; it
-//    waits only for blocks already past their part, so it cannot deadlock.
+//    waits only for blocks already past their part, so it cannot deadlock. A second warp of
+//    warpgroup 0 publishes each slot, so that the consumers do not wait for their stores.
+//  - y is written in 8-byte words (4 weight rows of a batch row), regrouped by two register
+//    exchanges between lanes, where n % 4 == 0 and y is 8-byte aligned.
 //  - The copies of x carry an L2 evict-last hint and those of the weight evict-first; the
 //    kernel is launched as the permute kernel's programmatic dependent, so that its prologue
 //    overlaps the permute.
