@@ -298,6 +298,15 @@ absl::Status TierStore::put(const std::string& digest, const void* data, uint64_
   return absl::OkStatus();
 }
 
+bool TierStore::remove(const std::string& digest) {
+  // move_mutex_ first, as put() does: a copy of this tensor in flight ends before it goes.
+  std::lock_guard<std::mutex> move(move_mutex_);
+  Lock lock(mutex_);
+  if (entries_.find(digest) == entries_.end()) return false;
+  release(digest);
+  return true;
+}
+
 void TierStore::release(const std::string& digest) {
   auto it = entries_.find(digest);
   if (it == entries_.end()) return;

@@ -138,6 +138,9 @@ class TierStore {
   // learned access order.
   absl::Status put(const std::string& digest, const void* data, uint64_t byte_size,
                    const std::string& replaces = "");
+  // Drops `digest` from every tier (its file too); false when it was not held. A lease
+  // taken before keeps its bytes until it is gone, and their room comes back then.
+  bool remove(const std::string& digest);
   bool contains(const std::string& digest) const;
   std::optional<uint64_t> size_of(const std::string& digest) const;
 

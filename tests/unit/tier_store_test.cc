@@ -427,6 +427,57 @@ TEST(TierStoreTest, NewVersionReleasesTheOldAndTakesItsPlaceInTheOrder) {
   EXPECT_EQ(store->stats().tiers[0].held_bytes, kSlot) << "the old version's slot came back";
 }
 
+// remove() takes a tensor out of every tier it is on, file included, and gives its room
+// back; a lease taken before keeps its bytes until it is gone; the rest stays intact.
+TEST(TierStoreTest, RemoveDropsEveryCopyAndKeepsWhatIsInUse) {
+  TempDir dir;
+  const uint64_t size = 2 * kSlot;
+  // One device slot, two host slots, four files (room for four tensors): the first of four
+  // ends up on the SSD.
+  std::unique_ptr<TierStore> store = make_store(three_tiers(dir, 1, 2, 4, size));
+  ASSERT_NE(store, nullptr);
+  std::vector<Blob> blobs;
+  for (int i = 0; i < 4; ++i) {
+    blobs.push_back(make_blob(size, 800 + i));
+    const absl::Status put = store->put(blobs[i].digest, blobs[i].bytes.data(), size);
+    ASSERT_TRUE(put.ok()) << i << ": " << put;
+  }
+  const std::string file = store->ssd_path_of(blobs[0].digest);
+  struct stat info {};
+  ASSERT_EQ(::stat(file.c_str(), &info), 0) << "the oldest tensor went down to the SSD";
+  const uint64_t committed = store->stats().committed_bytes;
+
+  EXPECT_TRUE(store->remove(blobs[0].digest));
+  EXPECT_FALSE(store->contains(blobs[0].digest));
+  EXPECT_NE(::stat(file.c_str(), &info), 0) << "its file is gone";
+  EXPECT_FALSE(store->remove(blobs[0].digest)) << "not held any more";
+  EXPECT_FALSE(store->remove(make_blob(size, 899).digest)) << "never held";
+  TierStoreStats stats = store->stats();
+  EXPECT_EQ(stats.tensors, 3u);
+  EXPECT_LT(stats.committed_bytes, committed) << "its room is promised to nobody now";
+  const absl::StatusOr<std::shared_ptr<TierStore::Lease>> gone = store->acquire(blobs[0].digest);
+  EXPECT_TRUE(absl::IsNotFound(gone.status())) << gone.status();
+
+  {
+    absl::StatusOr<std::shared_ptr<TierStore::Lease>> in_use = store->acquire(blobs[1].digest);
+    ASSERT_TRUE(in_use.ok()) << in_use.status();
+    EXPECT_TRUE(store->remove(blobs[1].digest));
+    EXPECT_FALSE(store->contains(blobs[1].digest));
+    EXPECT_EQ(std::memcmp((*in_use)->data(), blobs[1].bytes.data(), size), 0)
+        << "a call still using it keeps its bytes";
+  }
+  expect_served(*store, blobs[2]);
+  // Both removed tensors' room is back: two new ones fit beside the two left (the store was
+  // full).
+  for (int i = 4; i < 6; ++i) {
+    blobs.push_back(make_blob(size, 800 + i));
+    const absl::Status put = store->put(blobs[i].digest, blobs[i].bytes.data(), size);
+    ASSERT_TRUE(put.ok()) << i << ": " << put;
+  }
+  for (int i : {2, 3, 4, 5}) expect_served(*store, blobs[i]);
+  EXPECT_EQ(store->stats().tensors, 4u);
+}
+
 TEST(TierStoreTest, RefusesImpossibleBudgets) {
   TierStoreOptions options;
   options.device_bytes = 0;
