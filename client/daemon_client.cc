@@ -258,6 +258,21 @@ absl::StatusOr<uint32_t> DaemonClient::prefetch_weights(const std::vector<std::s
   return response.held();
 }
 
+absl::StatusOr<std::vector<bool>> DaemonClient::release_weights(
+    const std::vector<std::string>& digests) {
+  auto context = new_context();
+  v1::ReleaseWeightsRequest request;
+  for (const std::string& digest : digests) request.add_digests(digest);
+  v1::ReleaseWeightsResponse response;
+  VB_RETURN_IF_ERROR(
+      wire::from_grpc(connection()->stub->ReleaseWeights(context.get(), request, &response)));
+  if (response.released_size() != request.digests_size()) {
+    return absl::InternalError(absl::StrCat("daemon answered ", response.released_size(), " of ",
+                                            request.digests_size(), " digests"));
+  }
+  return std::vector<bool>(response.released().begin(), response.released().end());
+}
+
 absl::StatusOr<std::vector<bool>> DaemonClient::query_weights(
     const std::vector<std::string>& digests) {
   auto context = new_context();

@@ -50,6 +50,9 @@ class DaemonClient {
   absl::StatusOr<v1::UploadWeightResponse> upload_weight(const WeightRef& weight,
                                                          TransferCount* transfer);
   absl::StatusOr<std::vector<bool>> query_weights(const std::vector<std::string>& digests);
+  // Asks the daemon to drop these weights from its store; [i] is whether digests[i] was held.
+  // A later call naming one gets NOT_FOUND; the layers upload it again.
+  absl::StatusOr<std::vector<bool>> release_weights(const std::vector<std::string>& digests);
   // Tells the daemon the order the next calls will name these weights in (repeating), so it
   // brings them up to the device ahead of use. Returns how many it holds.
   absl::StatusOr<uint32_t> prefetch_weights(const std::vector<std::string>& digests);

@@ -131,6 +131,8 @@ bool ComputeService::has_weight(const std::string& digest) const {
   return store_->contains(digest);
 }
 
+bool ComputeService::release_weight(const std::string& digest) { return store_->remove(digest); }
+
 absl::Status ComputeService::check_weight(const std::string& digest, const TensorSpec& spec,
                                           absl::string_view field) const {
   absl::Status held = check_blob(digest, static_cast<uint64_t>(spec.byte_size()), field);

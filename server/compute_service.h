@@ -83,6 +83,8 @@ class ComputeService {
                                                              uint64_t byte_size,
                                                              const std::string& replaces = "");
   bool has_weight(const std::string& digest) const;
+  // Drops the weight from the store; false when it was not held.
+  bool release_weight(const std::string& digest);
   // NOT_FOUND for an unknown digest, INVALID_ARGUMENT when the stored byte count differs
   // from the spec's: what can be refused before any input bytes arrive.
   absl::Status check_weight(const std::string& digest, const TensorSpec& spec,

@@ -238,6 +238,23 @@ grpc::Status GrpcComputeService::QueryWeights(grpc::ServerContext* context,
   return scope.finish(absl::OkStatus());
 }
 
+grpc::Status GrpcComputeService::ReleaseWeights(grpc::ServerContext* context,
+                                                const v1::ReleaseWeightsRequest* request,
+                                                v1::ReleaseWeightsResponse* response) {
+  CallScope scope(service_, &inflight_, draining_, tokens_, *context, "ReleaseWeights");
+  if (!scope.refusal().ok()) return scope.finish(scope.refusal());
+  // Every digest is checked before any is released: a refused request changes nothing.
+  for (int i = 0; i < request->digests_size(); ++i) {
+    absl::Status format =
+        check_digest_format(request->digests(i), absl::StrCat("digests[", i, "]"));
+    if (!format.ok()) return scope.finish(format);
+  }
+  for (const std::string& digest : request->digests()) {
+    response->add_released(service_->release_weight(digest));
+  }
+  return scope.finish(absl::OkStatus());
+}
+
 grpc::Status GrpcComputeService::PrefetchWeights(grpc::ServerContext* context,
                                                  const v1::PrefetchWeightsRequest* request,
                                                  v1::PrefetchWeightsResponse* response) {

@@ -23,6 +23,9 @@ class GrpcComputeService final : public v1::Compute::Service {
                             v1::UploadWeightResponse* response) override;
   grpc::Status QueryWeights(grpc::ServerContext* context, const v1::QueryWeightsRequest* request,
                             v1::QueryWeightsResponse* response) override;
+  grpc::Status ReleaseWeights(grpc::ServerContext* context,
+                              const v1::ReleaseWeightsRequest* request,
+                              v1::ReleaseWeightsResponse* response) override;
   grpc::Status PrefetchWeights(grpc::ServerContext* context,
                                const v1::PrefetchWeightsRequest* request,
                                v1::PrefetchWeightsResponse* response) override;

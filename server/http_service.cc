@@ -465,6 +465,18 @@ absl::StatusOr<std::unique_ptr<HttpFace>> HttpFace::start(ComputeService* servic
                return absl::OkStatus();
              });
            });
+  http.Delete(R"(/v1/weights/([^/]+))", [self](const httplib::Request& request,
+                                               httplib::Response& response) {
+    self->serve("http.ReleaseWeights", request, response, [&](CallRecord*) -> absl::Status {
+      const std::string digest = request.matches[1];
+      VB_RETURN_IF_ERROR(check_digest_format(digest, "path digest"));
+      if (!self->service->release_weight(digest)) {
+        return absl::NotFoundError(absl::StrCat("weight ", digest, " is not held"));
+      }
+      reply_json(response, {{"digest", digest}, {"released", true}});
+      return absl::OkStatus();
+    });
+  });
   http.Post(R"(/v1/weights/([^/]+))",
             [self](const httplib::Request& request, httplib::Response& response) {
               self->serve("http.UploadWeight", request, response, [&](CallRecord*) -> absl::Status {

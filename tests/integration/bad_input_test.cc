@@ -186,6 +186,38 @@ TEST_F(BadInputTest, UploadWhoseBytesDoNotMatchTheDigest) {
   EXPECT_EQ(*held, (std::vector<bool>{false, false})) << "nothing stored under either digest";
 }
 
+// ReleaseWeights checks every digest before it releases any: one malformed digest leaves
+// the store as it was.
+TEST_F(BadInputTest, ReleaseWithAMalformedDigestReleasesNothing) {
+  absl::StatusOr<std::vector<bool>> released = client_->release_weights({digest(), "XYZ"});
+  ASSERT_TRUE(absl::IsInvalidArgument(released.status())) << released.status();
+  EXPECT_THAT(std::string(released.status().message()), HasSubstr("digests[1] = \"XYZ\""));
+  absl::StatusOr<std::vector<bool>> held = client_->query_weights({digest()});
+  ASSERT_TRUE(held.ok()) << held.status();
+  EXPECT_EQ(*held, std::vector<bool>{true}) << "the well-formed digest was not released";
+}
+
+// A released weight is gone: the next call naming it gets NOT_FOUND until it is uploaded
+// again; releasing it twice, or a digest never held, answers false.
+TEST_F(BadInputTest, ReleasedWeightIsNotFoundUntilUploadedAgain) {
+  const std::string unknown = sha256_hex("never uploaded");
+  absl::StatusOr<std::vector<bool>> released =
+      client_->release_weights({digest(), digest(), unknown});
+  ASSERT_TRUE(released.ok()) << released.status();
+  EXPECT_EQ(*released, (std::vector<bool>{true, false, false}));
+  absl::StatusOr<std::vector<bool>> held = client_->query_weights({digest()});
+  ASSERT_TRUE(held.ok()) << held.status();
+  EXPECT_EQ(*held, std::vector<bool>{false});
+  expect_status(forward(good_header(), {{0, std::string(24, '\0')}}), grpc::StatusCode::NOT_FOUND,
+                {"weight.digest = " + digest(), "upload it"});
+  TransferCount transfer;
+  absl::StatusOr<v1::UploadWeightResponse> uploaded =
+      client_->upload_weight({digest(), weight_}, &transfer);
+  ASSERT_TRUE(uploaded.ok()) << uploaded.status();
+  EXPECT_FALSE(uploaded->already_present()) << "the bytes were sent again";
+  // TearDown runs a Linear on it.
+}
+
 TEST_F(BadInputTest, UploadCutShort) {
   const std::string bytes(64, 'z');
   expect_status(upload(sha256_hex(bytes), bytes.size(), {bytes.substr(0, 40)}),

@@ -301,6 +301,20 @@ TEST(OpsHttpTest, TheHttpFaceRunsTheNamedOpsAndRefusesBadCalls) {
   ASSERT_EQ(fp4.status, 200) << fp4.error.dump();
   EXPECT_LT(relative_error(fp4.message.find("output"), layer(x)), 1e-6);
 
+  // Released over HTTP: gone for the next call, and a second release is a 404.
+  auto released = http.Delete("/v1/weights/" + layer->weight_digest());
+  ASSERT_TRUE(released && released->status == 200) << (released ? released->body : "no answer");
+  EXPECT_EQ(nlohmann::json::parse(released->body).value("released", false), true) << released->body;
+  EXPECT_EQ(call("fp4_linear.forward", {{"weights", weights}}, {{"input", x}}).status, 404);
+  auto again = http.Delete("/v1/weights/" + layer->weight_digest());
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->status, 404) << again->body;
+  EXPECT_THAT(again->body, HasSubstr("VB.NOT_FOUND"));
+  auto malformed = http.Delete("/v1/weights/ABC");
+  ASSERT_TRUE(malformed);
+  EXPECT_EQ(malformed->status, 400) << malformed->body;
+  EXPECT_THAT(malformed->body, HasSubstr("path digest"));
+
   // Refusals: 400 with the error naming the op, field or value.
   auto refused = [&](const Answer& answer, const std::string& text) {
     EXPECT_EQ(answer.status, 400) << answer.error.dump();

@@ -3,7 +3,9 @@
 #include <torch/optim/adam.h>
 #include <torch/optim/sgd.h>
 
+#include "client/daemon_client.h"
 #include "client/remote_linear.h"
+#include "common/digest.h"
 #include "tests/integration/test_util.h"
 #include "tests/support/daemon_process.h"
 
@@ -133,6 +135,32 @@ TEST_F(RemoteLinearTest, ChangedWeightIsUploadedOnceAfterEachOptimizerStep) {
   EXPECT_EQ(uploads(), before + 1) << "Adam step";
   // Unchanged weights are not hashed again: one SHA-256 per distinct version.
   EXPECT_EQ(layer->weight_digests_computed(), 5u);
+}
+
+// A weight the daemon was told to release is uploaded again by the next call, which still
+// runs there and gives the right answer.
+TEST_F(RemoteLinearTest, ReleasedWeightIsUploadedAgainByTheNextCall) {
+  nn::RemoteLinear layer(nn::RemoteLinearOptions(12, 6), remote_only());
+  torch::NoGradGuard no_grad;
+  const at::Tensor x = torch::randn({4, 12});
+  const at::Tensor expected = torch::nn::functional::linear(x, layer->weight, layer->bias);
+  EXPECT_LT(relative_error(layer->forward(x), expected), 1e-6);
+  auto uploads = [&] { return layer->get_stats().targets.begin()->second.uploads; };
+  ASSERT_EQ(uploads(), 1u);
+
+  const at::Tensor weight = layer->weight.detach().contiguous();
+  const std::string digest = sha256_hex(
+      std::string(static_cast<const char*>(weight.data_ptr()), weight.numel() * sizeof(float)));
+  DaemonClient operator_client(daemon_->address());
+  absl::StatusOr<std::vector<bool>> released = operator_client.release_weights({digest});
+  ASSERT_TRUE(released.ok()) << released.status();
+  ASSERT_EQ(*released, std::vector<bool>{true}) << "the layer's weight was held";
+
+  EXPECT_LT(relative_error(layer->forward(x), expected), 1e-6);
+  EXPECT_EQ(uploads(), 2u) << "sent again after the daemon answered NOT_FOUND";
+  const StatsSnapshot stats = layer->get_stats();
+  EXPECT_EQ(stats.remote_calls(), 2u);
+  EXPECT_EQ(stats.failed_calls, 0u);
 }
 
 TEST_F(RemoteLinearTest, InvalidInputRaisesValueErrorWithoutFallingBack) {
