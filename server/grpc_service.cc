@@ -50,6 +50,15 @@ class CallScope {
   const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
 };
 
+// The format of every digest of a Query/Prefetch/ReleaseWeights request, before any is acted
+// on: a refused request changes nothing, and the error names digests[i].
+absl::Status check_digests(const google::protobuf::RepeatedPtrField<std::string>& digests) {
+  for (int i = 0; i < digests.size(); ++i) {
+    VB_RETURN_IF_ERROR(check_digest_format(digests[i], absl::StrCat("digests[", i, "]")));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<TensorSpec> weight_spec(const v1::WeightRef& ref, absl::string_view field) {
   if (!ref.has_spec()) {
     return absl::InvalidArgumentError(absl::StrCat(field, ".spec is missing"));
@@ -229,11 +238,10 @@ grpc::Status GrpcComputeService::QueryWeights(grpc::ServerContext* context,
                                               v1::QueryWeightsResponse* response) {
   CallScope scope(service_, &inflight_, draining_, tokens_, *context, "QueryWeights");
   if (!scope.refusal().ok()) return scope.finish(scope.refusal());
-  for (int i = 0; i < request->digests_size(); ++i) {
-    absl::Status format =
-        check_digest_format(request->digests(i), absl::StrCat("digests[", i, "]"));
-    if (!format.ok()) return scope.finish(format);
-    response->add_present(service_->has_weight(request->digests(i)));
+  const absl::Status formats = check_digests(request->digests());
+  if (!formats.ok()) return scope.finish(formats);
+  for (const std::string& digest : request->digests()) {
+    response->add_present(service_->has_weight(digest));
   }
   return scope.finish(absl::OkStatus());
 }
@@ -243,12 +251,8 @@ grpc::Status GrpcComputeService::ReleaseWeights(grpc::ServerContext* context,
                                                 v1::ReleaseWeightsResponse* response) {
   CallScope scope(service_, &inflight_, draining_, tokens_, *context, "ReleaseWeights");
   if (!scope.refusal().ok()) return scope.finish(scope.refusal());
-  // Every digest is checked before any is released: a refused request changes nothing.
-  for (int i = 0; i < request->digests_size(); ++i) {
-    absl::Status format =
-        check_digest_format(request->digests(i), absl::StrCat("digests[", i, "]"));
-    if (!format.ok()) return scope.finish(format);
-  }
+  const absl::Status formats = check_digests(request->digests());
+  if (!formats.ok()) return scope.finish(formats);
   for (const std::string& digest : request->digests()) {
     response->add_released(service_->release_weight(digest));
   }
@@ -260,13 +264,9 @@ grpc::Status GrpcComputeService::PrefetchWeights(grpc::ServerContext* context,
                                                  v1::PrefetchWeightsResponse* response) {
   CallScope scope(service_, &inflight_, draining_, tokens_, *context, "PrefetchWeights");
   if (!scope.refusal().ok()) return scope.finish(scope.refusal());
-  std::vector<std::string> digests;
-  for (int i = 0; i < request->digests_size(); ++i) {
-    absl::Status format =
-        check_digest_format(request->digests(i), absl::StrCat("digests[", i, "]"));
-    if (!format.ok()) return scope.finish(format);
-    digests.push_back(request->digests(i));
-  }
+  const absl::Status formats = check_digests(request->digests());
+  if (!formats.ok()) return scope.finish(formats);
+  const std::vector<std::string> digests(request->digests().begin(), request->digests().end());
   response->set_held(static_cast<uint32_t>(service_->prefetch(digests)));
   return scope.finish(absl::OkStatus());
 }
