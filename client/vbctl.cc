@@ -32,6 +32,7 @@ struct CommonFlags {
   double watch_s = 0;      // stats: redraw every watch_s seconds
   int64_t iterations = 0;  // with --watch: stop after this many draws (0: until interrupted)
   std::string view;        // stats: "" (calls) or "tiers"
+  std::vector<std::string> operands;  // the words after the verb (release: digests)
   std::string tls_ca, tls_cert, tls_key, token_file;
 };
 
@@ -63,6 +64,9 @@ class Command {
   virtual const char* help() const = 0;
   // Exit code: 0 success, 1 the daemon failed or answered with an error.
   virtual int run(vb::DaemonClient& client, const CommonFlags& flags) = 0;
+  // How many words may follow the verb.
+  virtual size_t min_operands() const { return 0; }
+  virtual size_t max_operands() const { return 0; }
 
  protected:
   static int fail(const vb::DaemonClient& client, const absl::Status& status) {
@@ -111,9 +115,36 @@ class InfoCommand final : public Command {
   }
 };
 
+// Drops weights from the daemon's store (ReleaseWeights); a client that names one again
+// uploads it again.
+class ReleaseCommand final : public Command {
+ public:
+  const char* name() const override { return "release"; }
+  const char* help() const override {
+    return "DIGEST...: drop these weights from the daemon's store (every tier)";
+  }
+  size_t min_operands() const override { return 1; }
+  size_t max_operands() const override { return 1024; }
+  int run(vb::DaemonClient& client, const CommonFlags& flags) override {
+    absl::StatusOr<std::vector<bool>> released = client.release_weights(flags.operands);
+    if (!released.ok()) return fail(client, released.status());
+    nlohmann::json json = nlohmann::json::object();
+    for (size_t i = 0; i < released->size(); ++i) {
+      if (flags.json) {
+        json[flags.operands[i]] = static_cast<bool>((*released)[i]);
+      } else {
+        std::cout << ((*released)[i] ? "released  " : "not held  ") << flags.operands[i] << "\n";
+      }
+    }
+    if (flags.json) std::cout << json.dump(2) << "\n";
+    return 0;
+  }
+};
+
 class StatsCommand final : public Command {
  public:
   const char* name() const override { return "stats"; }
+  size_t max_operands() const override { return 1; }
   const char* help() const override {
     return "calls, failures, bytes and latency per op; `stats tiers`: the VGPU stack";
   }
@@ -267,7 +298,7 @@ class DoctorCommand final : public Command {
 };
 
 void usage(const std::vector<std::unique_ptr<Command>>& commands) {
-  std::cout << "usage: vbctl [--address HOST:PORT] [--timeout SECONDS] [--json] VERB [VIEW]\n\n"
+  std::cout << "usage: vbctl [--address HOST:PORT] [--timeout SECONDS] [--json] VERB [ARGS]\n\n"
                "  --address   daemon to ask (default $VB_ADDRESS or 127.0.0.1:50551)\n"
                "  --timeout   seconds to wait for the answer (default 10)\n"
                "  --json      machine-readable output\n"
@@ -288,6 +319,7 @@ int main(int argc, char** argv) {
   commands.push_back(std::make_unique<InfoCommand>());
   commands.push_back(std::make_unique<HealthCommand>());
   commands.push_back(std::make_unique<DoctorCommand>());
+  commands.push_back(std::make_unique<ReleaseCommand>());
 
   CommonFlags flags;
   if (const char* env = std::getenv("VB_ADDRESS"); env != nullptr && *env != '\0') {
@@ -340,8 +372,8 @@ int main(int argc, char** argv) {
       }
     } else if (verb.empty() && arg.rfind("--", 0) != 0) {
       verb = arg;
-    } else if (!verb.empty() && flags.view.empty() && arg.rfind("--", 0) != 0) {
-      flags.view = arg;
+    } else if (!verb.empty() && arg.rfind("--", 0) != 0) {
+      flags.operands.push_back(arg);
     } else {
       std::fprintf(stderr, "vbctl: unexpected argument \"%s\" (vbctl --help)\n", arg.c_str());
       return 2;
@@ -349,11 +381,17 @@ int main(int argc, char** argv) {
   }
   for (const auto& command : commands) {
     if (verb != command->name()) continue;
-    if (!flags.view.empty() && verb != "stats") {
+    if (flags.operands.size() > command->max_operands()) {
       std::fprintf(stderr, "vbctl: unexpected argument \"%s\" (vbctl --help)\n",
-                   flags.view.c_str());
+                   flags.operands[command->max_operands()].c_str());
       return 2;
     }
+    if (flags.operands.size() < command->min_operands()) {
+      std::fprintf(stderr, "vbctl: %s needs at least %zu argument(s) (vbctl --help)\n",
+                   verb.c_str(), command->min_operands());
+      return 2;
+    }
+    if (!flags.operands.empty()) flags.view = flags.operands[0];
     vb::ClientOptions options;
     options.call_timeout = std::chrono::milliseconds(static_cast<int64_t>(flags.timeout_s * 1000));
     options.tls_ca_file = flags.tls_ca;

@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "client/daemon_client.h"
+#include "common/digest.h"
 #include "tests/integration/test_util.h"
 #include "tests/support/daemon_process.h"
 
@@ -79,6 +81,38 @@ TEST(VbctlTest, VerbsAgainstALiveDaemon) {
   for (const auto& check : checks) any_fail |= check["verdict"] == "fail";
   EXPECT_EQ(doctor.exit_code, any_fail ? 1 : 0) << doctor.output;
   EXPECT_EQ(vbctl(at + " frobnicate").exit_code, 2);
+  EXPECT_EQ(vbctl(at + " info extra").exit_code, 2) << "info takes no argument";
+}
+
+TEST(VbctlTest, ReleaseDropsWeightsAndSaysWhichWereHeld) {
+  DaemonProcess daemon;
+  const std::string at = "--address " + daemon.address();
+  DaemonClient client(daemon.address());
+  const at::Tensor weight = torch::randn({4, 3});
+  const std::string digest = sha256_hex(std::string(static_cast<const char*>(weight.data_ptr()),
+                                                    weight.numel() * weight.element_size()));
+  TransferCount transfer;
+  ASSERT_TRUE(client.upload_weight({digest, weight}, &transfer).ok());
+  const std::string unknown = sha256_hex("never uploaded");
+
+  const VbctlRun released = vbctl(at + " release " + digest + " " + unknown);
+  EXPECT_EQ(released.exit_code, 0) << released.output;
+  EXPECT_THAT(released.output, HasSubstr("released  " + digest));
+  EXPECT_THAT(released.output, HasSubstr("not held  " + unknown));
+  absl::StatusOr<std::vector<bool>> held = client.query_weights({digest});
+  ASSERT_TRUE(held.ok()) << held.status();
+  EXPECT_EQ(*held, std::vector<bool>{false});
+
+  const VbctlRun again = vbctl(at + " --json release " + digest, false);
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_EQ(nlohmann::json::parse(again.output)[digest], false) << again.output;
+
+  const VbctlRun malformed = vbctl(at + " release XYZ");
+  EXPECT_EQ(malformed.exit_code, 1) << malformed.output;
+  EXPECT_THAT(malformed.output, HasSubstr("digests[0] = \"XYZ\""));
+  const VbctlRun bare = vbctl(at + " release");
+  EXPECT_EQ(bare.exit_code, 2) << bare.output;
+  EXPECT_THAT(bare.output, HasSubstr("release needs at least 1 argument"));
 }
 
 TEST(VbctlTest, HealthFailsForADaemonThatIsNotThere) {
