@@ -669,22 +669,20 @@ int main(int argc, char** argv) {
     const Fp4Copy w = make_weight(Format::kNvfp4, 28672, 8192);
     const at::Tensor x = torch::randn({batch, 8192}, bf16);
     at::Tensor y = torch::empty({batch, 28672}, bf16);
-    if (std::strcmp(argv[2], "gemm") == 0) {  // fp4_gemm: --one gemm BATCH_TILE MAX_BLOCKS BATCH
-      fp4::GemmOptions gemm;
-      gemm.batch_tile = std::atoi(argv[3]);
-      gemm.max_blocks = std::atoi(argv[4]);
-      for (int i = 0; i < 5; ++i) {
-        check(fp4::fp4_gemm(w.view, x.data_ptr(), batch, fp4::Activation::kBf16, nullptr,
-                            y.data_ptr(), nullptr, gemm),
-              "fp4_gemm");
-      }
-      check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
-      return 0;
-    }
+    const bool gemm = std::strcmp(argv[2], "gemm") == 0;
+    fp4::GemmOptions gemm_options;  // fp4_gemm: --one gemm BATCH_TILE MAX_BLOCKS BATCH
+    gemm_options.batch_tile = std::atoi(argv[3]);
+    gemm_options.max_blocks = std::atoi(argv[4]);
     for (int i = 0; i < 5; ++i) {
-      check(fp4::fp4_linear(w.view, x.data_ptr(), batch, fp4::Activation::kBf16, nullptr,
-                            y.data_ptr(), nullptr, options),
-            "fp4_linear");
+      if (gemm) {
+        check(fp4::fp4_gemm(w.view, x.data_ptr(), batch, fp4::Activation::kBf16, nullptr,
+                            y.data_ptr(), nullptr, gemm_options),
+              "fp4_gemm");
+      } else {
+        check(fp4::fp4_linear(w.view, x.data_ptr(), batch, fp4::Activation::kBf16, nullptr,
+                              y.data_ptr(), nullptr, options),
+              "fp4_linear");
+      }
     }
     check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
     return 0;

@@ -31,8 +31,8 @@ struct CommonFlags {
   bool json = false;
   double watch_s = 0;      // stats: redraw every watch_s seconds
   int64_t iterations = 0;  // with --watch: stop after this many draws (0: until interrupted)
-  std::string view;        // stats: "" (calls) or "tiers"
-  std::vector<std::string> operands;  // the words after the verb (release: digests)
+  // The words after the verb: stats, its view ("tiers", or none for calls); release, digests.
+  std::vector<std::string> operands;
   std::string tls_ca, tls_cert, tls_key, token_file;
 };
 
@@ -149,9 +149,9 @@ class StatsCommand final : public Command {
     return "calls, failures, bytes and latency per op; `stats tiers`: the VGPU stack";
   }
   int run(vb::DaemonClient& client, const CommonFlags& flags) override {
-    if (!flags.view.empty() && flags.view != "tiers") {
+    if (!flags.operands.empty() && flags.operands[0] != "tiers") {
       std::fprintf(stderr, "vbctl: stats has no view \"%s\" (expected: tiers)\n",
-                   flags.view.c_str());
+                   flags.operands[0].c_str());
       return 2;
     }
     if (flags.watch_s <= 0) return draw(client, flags);
@@ -170,7 +170,7 @@ class StatsCommand final : public Command {
   int draw(vb::DaemonClient& client, const CommonFlags& flags) {
     absl::StatusOr<vb::v1::GetStatsResponse> stats = client.get_stats();
     if (!stats.ok()) return fail(client, stats.status());
-    if (flags.view == "tiers") return draw_tiers(client, *stats, flags);
+    if (!flags.operands.empty()) return draw_tiers(client, *stats, flags);  // "tiers"
     if (flags.json) {
       std::cout << to_json(*stats);
       return 0;
@@ -391,7 +391,6 @@ int main(int argc, char** argv) {
                    verb.c_str(), command->min_operands());
       return 2;
     }
-    if (!flags.operands.empty()) flags.view = flags.operands[0];
     vb::ClientOptions options;
     options.call_timeout = std::chrono::milliseconds(static_cast<int64_t>(flags.timeout_s * 1000));
     options.tls_ca_file = flags.tls_ca;

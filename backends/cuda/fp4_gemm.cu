@@ -384,10 +384,11 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
       // The bookkeeper warp. Where the block is not the last to finish a shared segment, the
       // consumers store their sums in a slot, arrive at a named barrier and go on with the
       // next segment; this warp waits there and publishes the slot with one release (the
-      // barrier orders every consumer's stores before it, as in CUTLASS's generic barrier).
-      // The consumers would otherwise wait ~2-3 us for their stores to drain before that
-      // release. A block has at most two shared segments (its shared run's first and last),
-      // so the barrier is never arrived at twice before this warp has waited on it.
+      // barrier orders every consumer's stores before it, as in CUTLASS's generic barrier),
+      // so the consumers do not wait for their stores to drain (a non-last block's bookkeeping
+      // measured 3.8 us with this warp, 4.3 us without, in two runs under a per-block timer).
+      // A block has at most two shared segments (its shared run's first and last), so the
+      // barrier is never arrived at twice before this warp has waited on it.
       Walk walk{static_cast<int>(blockIdx.x), my_first};
       int tile, s0, s1;
       while (next_segment(walk, tile, s0, s1)) {
@@ -497,7 +498,7 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
     decode_half(0, a0);
     for (int j = s0; j < s1; ++j, ++it) {
       // A shared tile's ticket is taken as its last step starts, so that the atomic's round
-      // trip overlaps the step (~1 us a segment, measured).
+      // trip overlaps the step.
       if (shared_tile && consumer == 0 && j + 1 == s1) ticket = atomicAdd(tickets, 1);
       const uint32_t x_stage = base + (it % kStages) * Layout::kStageBytes;
       wgmma_fence();
