@@ -329,13 +329,15 @@ void run_path(Path path, const fp4::DeviceWeightView& w, const at::Tensor& x, in
   }
 }
 
-// Above 16 batch rows, nvfp4: fp4_gemm against dequantize + at::linear and bf16 at::linear,
-// each batch in the same run; the measurements behind fp4_gemm's place in the daemon.
+// NVFP4: fp4_gemm (each batch tile and blocks an SM that suit the batch) against dequantize +
+// at::linear, the fused kernels up to 16 rows, and bf16 at::linear, each batch in the same run;
+// the measurements behind fp4_gemm's place in the daemon and its cost model.
 void sweep_gemm(double copy_gbps, int64_t rotate_bytes, int reps,
                 const std::vector<int64_t>& batches) {
   const auto bf16 = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
   std::printf(
-      "\nnvfp4 above 16 batch rows: fp4_gemm and dequantize + bf16 GEMM\n%-12s %5s %-22s "
+      "\nnvfp4: fp4_gemm, dequantize + bf16 GEMM, and up to 16 rows the fused kernels\n%-12s %5s "
+      "%-22s "
       "%9s %9s %8s %11s %8s %8s\n",
       "N x K", "batch", "path", "fp4 us", "bf16 us", "speedup", "weight GB/s", "of copy", "TFLOPS");
   for (auto [n, k] : {std::pair<int64_t, int64_t>{28672, 8192}, {8192, 8192}}) {
@@ -350,33 +352,43 @@ void sweep_gemm(double copy_gbps, int64_t rotate_bytes, int reps,
       const double bf16_ms =
           median_ms(reps, [&](int i) { y = at::linear(x, w.w16[i % w.w16.size()]); });
       // The default (and without L2 hints, and storing one bf16 at a time), every batch tile
-      // on both grids where the choice is close, and dequantize + GEMM.
+      // and blocks an SM on both grids where the choice is close, dequantize + GEMM, and up to
+      // 16 rows the fused kernels the daemon runs there.
       struct Run {
         Path path;
-        int tile;  // 0: chosen
-        fp4::GemmGrid grid;
+        int tile = 0;    // 0: chosen
+        int per_sm = 0;  // 0: chosen
+        fp4::GemmGrid grid = fp4::GemmGrid::kChosen;
         bool l2_hints = true;
         bool word_stores = true;
       };
-      std::vector<Run> runs = {{Path::kGemm, 0, fp4::GemmGrid::kChosen},
-                               {Path::kGemm, 0, fp4::GemmGrid::kChosen, false},
-                               {Path::kGemm, 0, fp4::GemmGrid::kChosen, true, false}};
-      if (batch >= 64 && batch <= 256) {
-        for (int tile : {64, 128, 256}) {
-          runs.push_back({Path::kGemm, tile, fp4::GemmGrid::kTilePerBlock});
-          runs.push_back({Path::kGemm, tile, fp4::GemmGrid::kResident});
+      std::vector<Run> runs;
+      if (batch <= fp4::kFusedMaxBatch) runs.push_back({Path::kFused});
+      runs.push_back({Path::kGemm});
+      Run no_hints{Path::kGemm}, bf16_stores{Path::kGemm};
+      no_hints.l2_hints = false;
+      bf16_stores.word_stores = false;
+      runs.push_back(no_hints);
+      runs.push_back(bf16_stores);
+      for (auto [tile, per_sm] :
+           {std::pair<int, int>{16, 2}, {32, 2}, {64, 2}, {64, 1}, {128, 1}, {256, 1}}) {
+        // The tiles a batch fills at least half of, and 64 rows below that.
+        if (!(2 * batch > tile && batch <= 4 * tile) && !(tile == 64 && batch < 32)) continue;
+        for (fp4::GemmGrid grid : {fp4::GemmGrid::kTilePerBlock, fp4::GemmGrid::kResident}) {
+          runs.push_back({Path::kGemm, tile, per_sm, grid});
         }
       }
-      runs.push_back({Path::kDequantGemm, 0, fp4::GemmGrid::kChosen});
+      runs.push_back({Path::kDequantGemm});
       for (const Run& r : runs) {
         fp4::GemmOptions gemm;
         gemm.batch_tile = r.tile;
+        gemm.blocks_per_sm = r.per_sm;
         gemm.grid = r.grid;
         gemm.l2_hints = r.l2_hints;
         gemm.word_stores = r.word_stores;
         std::string name = path_name(r.path);
         if (r.path == Path::kGemm && r.tile != 0) {
-          name = "fp4_gemm " + std::to_string(r.tile) +
+          name = "fp4_gemm " + std::to_string(r.tile) + "x" + std::to_string(r.per_sm) +
                  (r.grid == fp4::GemmGrid::kResident ? " shared" : " tile/blk");
         } else if (r.path == Path::kGemm && !r.l2_hints) {
           name += " no hints";
@@ -691,7 +703,7 @@ int main(int argc, char** argv) {
   const bool variants = mode == "--variants";
   std::vector<int64_t> batches = variants ? std::vector<int64_t>{1, 2, 4, 8, 16}
                                           : std::vector<int64_t>{17, 32, 64, 128, 256, 512, 1024};
-  const int64_t lowest = variants ? 1 : fp4::kFusedMaxBatch + 1;
+  const int64_t lowest = 1;
   const int64_t highest = variants ? fp4::kFusedMaxBatch : 65535;
   if (argc == 3) {
     batches.clear();

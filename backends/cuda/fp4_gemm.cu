@@ -53,18 +53,35 @@ constexpr int kCodeTileBytes = kGemmRows * 64;  // codes of one 128-wide k step
 // Scales of the step pair holding the step: a TMA box row is at least 16 bytes. Every stage
 // gets its own copy, so a block's run of steps may start on either step of a pair.
 constexpr int kScaleTileBytes = kGemmRows * 16;
-constexpr int kMaxSmemBytes = 227 * 1024;  // Hopper's dynamic shared memory per block
-constexpr int kProducerRegisters = 40;
-constexpr int kConsumerRegisters = 232;  // 128 x 40 + 256 x 232 <= the SM's 64 Ki registers
 
-template <int kBn>
+// What a block may hold at kPerSm blocks an SM (1, or 2 for the narrow tiles, whose steps are
+// short enough that one block's two consumer warpgroups cannot hide their own latency).
+//  - Registers: the kernel is built for 64 Ki / (384 kPerSm) registers a thread, rounded down
+//    to 8 (168, 80); setmaxnreg moves part of the producer warpgroup's share to the consumers
+//    within the block's total.
+//  - Shared memory: Hopper's 228 KiB an SM, less 1 KiB the system keeps per block, and at
+//    most 227 KiB a block.
+template <int kPerSm>
+struct GemmBudget {
+  static constexpr int kBuiltRegisters = 65536 / (kGemmThreads * kPerSm) / 8 * 8;
+  static constexpr int kProducerRegisters = kPerSm == 1 ? 40 : 32;
+  static constexpr int kConsumerRegisters = kPerSm == 1 ? 232 : 104;
+  static_assert(128 * kProducerRegisters + kConsumerThreads * kConsumerRegisters <=
+                    kGemmThreads * kBuiltRegisters,
+                "setmaxnreg would ask for more registers than the block has");
+  static constexpr int kMaxSmemBytes = kPerSm == 1 ? 227 * 1024 : 228 * 1024 / kPerSm - 1024;
+};
+
+template <int kBn, int kPerSm>
 struct GemmLayout {
+  static constexpr int kMaxSmemBytes = GemmBudget<kPerSm>::kMaxSmemBytes;
   static constexpr int kXBoxBytes = kBn * 64 * 2;  // BN rows x 64 k of bf16: 128-byte rows
   static constexpr int kCodeOffset = 2 * kXBoxBytes;
   static constexpr int kScaleOffset = kCodeOffset + kCodeTileBytes;
   static constexpr int kStageBytes = kScaleOffset + kScaleTileBytes;
-  // As many stages as fit, at most 8 (3 at BN 256, 5 at 128, 8 at 64), after the barriers
-  // and 1024 bytes to realign the dynamic shared memory to the swizzle's 1024-byte atom.
+  // As many stages as fit, at most 8 (one block an SM: 3 at BN 256, 5 at 128, 8 at 64; two:
+  // 4 at 64, 6 at 32, 7 at 16), after the barriers and 1024 bytes to realign the dynamic shared
+  // memory to the swizzle's 1024-byte atom.
   static constexpr int kFit = (kMaxSmemBytes - 1024 - 16 * 8 - 16) / kStageBytes;
   static constexpr int kStages = kFit < 8 ? kFit : 8;
   static constexpr int kBarrierOffset = kStages * kStageBytes;
@@ -173,6 +190,33 @@ __device__ __forceinline__ void keep_registers(float (&r)[N]) {
 // D[64 x BN] += A[64 x 16] (registers: a0..a3) * B[16 x BN] (shared memory, `descriptor`).
 template <int kBn>
 struct Wgmma;
+
+template <>
+struct Wgmma<16> {
+  static __device__ __forceinline__ void mma(float (&d)[8], const uint32_t* a,
+                                             uint64_t descriptor) {
+    asm volatile(
+        "{\n .reg .pred p;\n setp.ne.b32 p, 1, 0;\n"  // accumulate into d
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7}, {%8,%9,%10,%11}, %12, p, 1, 1, 0;\n}\n"
+        : VB_WGMMA_D4(0), VB_WGMMA_D4(4)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descriptor));
+  }
+};
+
+template <>
+struct Wgmma<32> {
+  static __device__ __forceinline__ void mma(float (&d)[16], const uint32_t* a,
+                                             uint64_t descriptor) {
+    asm volatile(
+        "{\n .reg .pred p;\n setp.ne.b32 p, 1, 0;\n"  // accumulate into d
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%16,%17,%18,%19}, %20, p, 1, "
+        "1, 0;\n}\n"
+        : VB_WGMMA_D16(0)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descriptor));
+  }
+};
 
 template <>
 struct Wgmma<64> {
@@ -316,13 +360,14 @@ __device__ __forceinline__ void slot_barrier_sync() {
   asm volatile("bar.sync 2, %0;\n" ::"n"(kConsumerThreads + 32) : "memory");
 }
 
-template <int kBn>
-__global__ void __launch_bounds__(kGemmThreads, 1)
+template <int kBn, int kPerSm>
+__global__ void __launch_bounds__(kGemmThreads, kPerSm)
     fp4_gemm_kernel(const __grid_constant__ CUtensorMap x_map,
                     const __grid_constant__ CUtensorMap code_map,
                     const __grid_constant__ CUtensorMap scale_map, const GemmParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using Layout = GemmLayout<kBn>;
+  using Layout = GemmLayout<kBn, kPerSm>;
+  using Budget = GemmBudget<kPerSm>;
   constexpr int kStages = Layout::kStages;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem =
@@ -379,7 +424,7 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
   int* last_flags = reinterpret_cast<int*>(smem + Layout::kBarrierOffset + 16 * kStages);
 
   if (warpgroup == 0) {  // the producer: one thread issues every copy
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegisters));
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(Budget::kProducerRegisters));
     if (threadIdx.x / 32 == 1) {
       // The bookkeeper warp. Where the block is not the last to finish a shared segment, the
       // consumers store their sums in a slot, arrive at a named barrier and go on with the
@@ -426,7 +471,7 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
     return;
   }
 
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegisters));
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(Budget::kConsumerRegisters));
   const int consumer = threadIdx.x - 128;  // 0..255
   const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
@@ -745,57 +790,67 @@ GemmScratch gemm_scratch(int64_t batch, int64_t k, int batch_tile, int64_t block
   return s;
 }
 
-// The batch tile and the grid of a call, from a cost model in units of one tile step. One
-// block a tile runs ceil(tiles / SMs) waves; one block an SM runs the whole waves, then shares
-// the rest of the tiles, where a step costs kSharedStep times as much (the blocks write and
-// re-read their partial sums, and the last of a tile's blocks adds them). The relative step
-// costs of the tiles (0.9 at 64 batch rows, 1.1 at 128, 1.6 at 256) and kSharedStep are fit
-// to fp4_bench --gemm on the H200 (docs/fp4.md).
+// The batch tile, the blocks an SM and the grid of a call, from a cost model in units of one
+// tile step. One block a tile runs ceil(tiles / slots) waves, where an SM holds `per_sm`
+// blocks; one block a slot runs the whole waves, then shares the rest of the tiles, where a
+// step costs kSharedStep times as much (the blocks write and re-read their partial sums, and
+// the last of a tile's blocks adds them). The step costs (a block's step, with `per_sm` blocks
+// sharing its SM) and kSharedStep are fit to fp4_bench --gemm on the H200 (docs/fp4.md).
 struct GemmPlan {
   int batch_tile = 0;
+  int per_sm = 1;
   int64_t tiles = 0;
   int64_t blocks = 0;
 };
 
-struct StepCost {
+struct TileShape {
   int batch_tile;
-  double step;
+  int per_sm;
+  double step;  // 0: not measured yet, taken only when the options ask for it (cost 1)
 };
-constexpr StepCost kStepCosts[] = {{64, 0.9}, {128, 1.1}, {256, 1.6}};
+constexpr TileShape kTileShapes[] = {{16, 2, 0.0}, {32, 2, 0.0},  {64, 2, 0.0},
+                                     {64, 1, 0.9}, {128, 1, 1.1}, {256, 1, 1.6}};
 constexpr double kSharedStep = 1.3;
+
+bool shape_allowed(const TileShape& c, const GemmOptions& options) {
+  if (options.batch_tile != 0 && options.batch_tile != c.batch_tile) return false;
+  if (options.blocks_per_sm != 0 && options.blocks_per_sm != c.per_sm) return false;
+  return c.step > 0 || options.batch_tile != 0 || options.blocks_per_sm != 0;
+}
 
 GemmPlan plan_gemm(int64_t batch, int64_t row_blocks, int64_t steps, int64_t sms,
                    const GemmOptions& options) {
   GemmPlan best;
   double best_cost = 0;
-  for (const StepCost& c : kStepCosts) {
-    if (options.batch_tile != 0 && options.batch_tile != c.batch_tile) continue;
+  for (const TileShape& c : kTileShapes) {
+    if (!shape_allowed(c, options)) continue;
+    const int64_t slots = sms * c.per_sm;
     const int64_t tiles = row_blocks * ((batch + c.batch_tile - 1) / c.batch_tile);
-    const double waves = static_cast<double>((tiles + sms - 1) / sms);
-    const double shared =
-        static_cast<double>(tiles / sms) + static_cast<double>(tiles % sms) / sms * kSharedStep;
+    const double waves = static_cast<double>((tiles + slots - 1) / slots);
+    const double shared = static_cast<double>(tiles / slots) +
+                          static_cast<double>(tiles % slots) / slots * kSharedStep;
     bool share = shared < waves;
     if (options.grid == GemmGrid::kTilePerBlock) share = false;
     if (options.grid == GemmGrid::kResident) share = true;
-    const double cost = (share ? shared : waves) * c.step;
+    const double cost = (share ? shared : waves) * (c.step > 0 ? c.step : 1.0);
     if (best.batch_tile == 0 || cost < best_cost) {
-      int64_t blocks = options.max_blocks > 0 ? options.max_blocks : share ? sms : tiles;
+      int64_t blocks = options.max_blocks > 0 ? options.max_blocks : share ? slots : tiles;
       blocks = std::min<int64_t>(blocks, tiles * steps);
       // Every block gets a step of the shared tiles, or no tile is shared: the kernel counts
       // a shared tile's blocks from their runs, and an empty run would never arrive. Only a
       // max_blocks can break this (k = 256, 6 tiles, 5 blocks: 2 shared steps for 5 blocks).
       while (blocks > 1 && tiles % blocks != 0 && (tiles % blocks) * steps < blocks) --blocks;
-      best = {c.batch_tile, tiles, blocks};
+      best = {c.batch_tile, c.per_sm, tiles, blocks};
       best_cost = cost;
     }
   }
   return best;
 }
 
-template <int kBn>
+template <int kBn, int kPerSm>
 absl::Status launch_gemm(const DeviceWeightView& w, const uint16_t* xp, int64_t padded_batch,
                          const GemmParams& params, int blocks, cudaStream_t stream) {
-  using Layout = GemmLayout<kBn>;
+  using Layout = GemmLayout<kBn, kPerSm>;
   VB_ASSIGN_OR_RETURN(const CUtensorMap x_map,
                       tensor_map(CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, xp, w.k, padded_batch, w.k * 2,
                                  64, kBn, CU_TENSOR_MAP_SWIZZLE_128B, "x"));
@@ -806,8 +861,8 @@ absl::Status launch_gemm(const DeviceWeightView& w, const uint16_t* xp, int64_t 
                       tensor_map(CU_TENSOR_MAP_DATA_TYPE_UINT8, w.scales, w.k / 16, w.n, w.k / 16,
                                  16, kGemmRows, CU_TENSOR_MAP_SWIZZLE_NONE, "scales"));
   VB_RETURN_IF_ERROR(cuda_status(
-      cudaFuncSetAttribute(fp4_gemm_kernel<kBn>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           Layout::kSmemBytes),
+      cudaFuncSetAttribute(fp4_gemm_kernel<kBn, kPerSm>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, Layout::kSmemBytes),
       "cudaFuncSetAttribute(fp4_gemm)"));
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(static_cast<unsigned>(blocks));
@@ -820,7 +875,7 @@ absl::Status launch_gemm(const DeviceWeightView& w, const uint16_t* xp, int64_t 
   config.attrs = &early_start;
   config.numAttrs = 1;
   return cuda_status(
-      cudaLaunchKernelEx(&config, fp4_gemm_kernel<kBn>, x_map, code_map, scale_map, params),
+      cudaLaunchKernelEx(&config, fp4_gemm_kernel<kBn, kPerSm>, x_map, code_map, scale_map, params),
       "fp4_gemm kernel launch");
 }
 
@@ -876,10 +931,23 @@ absl::Status fp4_gemm_supported(const DeviceWeightView& weight, int64_t batch, A
 absl::Status fp4_gemm(const DeviceWeightView& weight, const void* x, int64_t batch, Activation type,
                       const void* bias, void* y, cudaStream_t stream, GemmOptions options) {
   VB_RETURN_IF_ERROR(fp4_gemm_supported(weight, batch, type));
-  if (options.batch_tile != 0 && options.batch_tile != 64 && options.batch_tile != 128 &&
-      options.batch_tile != 256) {
-    return absl::InvalidArgumentError(absl::StrCat("fp4_gemm: batch_tile = ", options.batch_tile,
-                                                   ": expected 0 (chosen), 64, 128 or 256"));
+  if (options.batch_tile != 0 && options.batch_tile != 16 && options.batch_tile != 32 &&
+      options.batch_tile != 64 && options.batch_tile != 128 && options.batch_tile != 256) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("fp4_gemm: batch_tile = ", options.batch_tile,
+                     ": expected 0 (chosen), 16, 32, 64, 128 or 256"));
+  }
+  if (options.blocks_per_sm < 0 || options.blocks_per_sm > 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "fp4_gemm: blocks_per_sm = ", options.blocks_per_sm, ": expected 0 (chosen), 1 or 2"));
+  }
+  if (std::none_of(std::begin(kTileShapes), std::end(kTileShapes),
+                   [&](const TileShape& c) { return shape_allowed(c, options); })) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("fp4_gemm: batch_tile = ", options.batch_tile,
+                     " with blocks_per_sm = ", options.blocks_per_sm,
+                     ": expected tiles of 16 or 32 at 2 blocks an SM, 64 at 1 or 2, "
+                     "128 or 256 at 1"));
   }
   if (options.max_blocks < 0) {
     return absl::InvalidArgumentError(absl::StrCat("fp4_gemm: max_blocks = ", options.max_blocks,
@@ -901,6 +969,11 @@ absl::Status fp4_gemm(const DeviceWeightView& weight, const void* x, int64_t bat
 
   const int64_t row_blocks = (weight.n + kGemmRows - 1) / kGemmRows;
   const GemmPlan plan = plan_gemm(batch, row_blocks, weight.k / 128, sms, options);
+  if (plan.tiles * (weight.k / 128) >= (int64_t{1} << 31)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "fp4_gemm: ", weight.n, " x ", weight.k, " weight at batch ", batch, " in tiles of ",
+        plan.batch_tile, " batch rows: more than 2^31 tile steps; split the batch"));
+  }
   const GemmScratch scratch =
       gemm_scratch(batch, weight.k, plan.batch_tile, plan.blocks, plan.tiles);
 
@@ -933,13 +1006,19 @@ absl::Status fp4_gemm(const DeviceWeightView& weight, const void* x, int64_t bat
     params.tile_counts = tile_counts;
     const int grid = static_cast<int>(plan.blocks);
     const int64_t rows = scratch.padded_batch;
-    switch (plan.batch_tile) {
-      case 64:
-        return launch_gemm<64>(weight, xp, rows, params, grid, stream);
-      case 128:
-        return launch_gemm<128>(weight, xp, rows, params, grid, stream);
+    switch (plan.batch_tile * 10 + plan.per_sm) {
+      case 162:
+        return launch_gemm<16, 2>(weight, xp, rows, params, grid, stream);
+      case 322:
+        return launch_gemm<32, 2>(weight, xp, rows, params, grid, stream);
+      case 642:
+        return launch_gemm<64, 2>(weight, xp, rows, params, grid, stream);
+      case 641:
+        return launch_gemm<64, 1>(weight, xp, rows, params, grid, stream);
+      case 1281:
+        return launch_gemm<128, 1>(weight, xp, rows, params, grid, stream);
       default:
-        return launch_gemm<256>(weight, xp, rows, params, grid, stream);
+        return launch_gemm<256, 1>(weight, xp, rows, params, grid, stream);
     }
   };
   const absl::Status status = permute_and_multiply();

@@ -149,8 +149,11 @@ enum class GemmGrid { kChosen, kTilePerBlock, kResident };
 // fp4_gemm's shape; by default all of it is chosen by a cost model measured on the H200
 // (docs/fp4.md).
 struct GemmOptions {
-  // Batch rows a tile: 64, 128 or 256 (0: chosen).
+  // Batch rows a tile: 16, 32, 64, 128 or 256 (0: chosen).
   int batch_tile = 0;
+  // Blocks an SM: 2 (tiles of 16, 32 or 64 batch rows, 4-7 stages a block) or 1 (64, 128 or
+  // 256, 3-8 stages); 0: chosen.
+  int blocks_per_sm = 0;
   // At most this many blocks in the grid (0: by `grid`): never more than the 128-wide k steps,
   // and fewer where the shared tiles would leave a block without a step. The tiles that fill
   // whole waves of blocks go one to a block; the rest are shared step by step (stream-K).
@@ -159,8 +162,8 @@ struct GemmOptions {
   // L2 eviction priorities on the copies: x (read by every block) last, the weight (read
   // once) first.
   bool l2_hints = true;
-  // y written in 8-byte words (4 weight rows of a batch row), the outputs transposed through
-  // shared memory, where n % 4 == 0 and y is 8-byte aligned; else, or false, one bf16 a store.
+  // y written in 8-byte words (4 weight rows of a batch row), regrouped by exchanges between
+  // lanes, where n % 4 == 0 and y is 8-byte aligned; else, or false, one bf16 a store.
   bool word_stores = true;
 };
 

@@ -877,8 +877,8 @@ void check_gemm(int64_t n, int64_t k, int64_t batch, bool with_bias, int decades
       "fp4_gemm n=" + std::to_string(n) + " k=" + std::to_string(k) +
       " batch=" + std::to_string(batch) + (with_bias ? " +bias" : "") + " rows over " +
       std::to_string(decades) + " decades, batch_tile " + std::to_string(options.batch_tile) +
-      ", max_blocks " + std::to_string(options.max_blocks) +
-      (options.l2_hints ? "" : ", no L2 hints") +
+      ", blocks_per_sm " + std::to_string(options.blocks_per_sm) + ", max_blocks " +
+      std::to_string(options.max_blocks) + (options.l2_hints ? "" : ", no L2 hints") +
       (options.word_stores ? "" : ", one bf16 a store") +
       (y_offset == 0 ? "" : ", y " + std::to_string(2 * y_offset) + " bytes into its buffer");
   std::vector<float> wf = gaussian(n * k, seed, 0.02f);
@@ -938,7 +938,18 @@ TEST(Fp4GpuTest, GemmMatchesFloat64) {
   for (int tile : {64, 128, 256}) {
     GemmOptions options;
     options.batch_tile = tile;
+    options.blocks_per_sm = 1;
     check_gemm(384, 1024, 100, true, 3, seed++, options);
+  }
+  // The tiles built for two blocks an SM, with batches that fill a tile, part of one, and
+  // more than one; odd n takes the one-bf16 stores.
+  for (const auto& [tile, batch] : std::vector<std::pair<int, int>>{
+           {16, 1}, {16, 5}, {16, 16}, {16, 40}, {32, 17}, {32, 32}, {64, 33}, {64, 100}}) {
+    GemmOptions options;
+    options.batch_tile = tile;
+    options.blocks_per_sm = 2;
+    check_gemm(384, 1024, batch, true, 3, seed++, options);
+    check_gemm(301, 512, batch, false, 2, seed++, options);
   }
   GemmOptions no_hints;
   no_hints.l2_hints = false;
@@ -962,6 +973,10 @@ TEST(Fp4GpuTest, GemmBlocksShareTilesExactly) {
     GemmOptions options;
     options.batch_tile = 64;
     options.max_blocks = blocks;
+    check_gemm(300, 1024, 70, true, 2, seed++, options);
+    // The same at two blocks an SM, tiles of 16 rows: 3 x 5 tiles.
+    options.batch_tile = 16;
+    options.blocks_per_sm = 2;
     check_gemm(300, 1024, 70, true, 2, seed++, options);
   }
   // k = 256: 6 tiles of 2 steps. 5 blocks would leave 2 shared steps for 5 blocks, so fewer
@@ -1017,9 +1032,19 @@ TEST(Fp4OptionsTest, GemmRefusesWhatItCannotRun) {
     EXPECT_EQ(run, supported);
   }
   // Bad options, on a weight fp4_gemm takes.
-  for (const auto& [options, expected] :
-       {std::pair<GemmOptions, const char*>{{96, 0}, "batch_tile = 96: expected 0 (chosen)"},
-        {{0, -1}, "max_blocks = -1: expected 0 (chosen) or more"}}) {
+  const auto with = [](int batch_tile, int blocks_per_sm, int max_blocks) {
+    GemmOptions options;
+    options.batch_tile = batch_tile;
+    options.blocks_per_sm = blocks_per_sm;
+    options.max_blocks = max_blocks;
+    return options;
+  };
+  for (const auto& [options, expected] : std::vector<std::pair<GemmOptions, const char*>>{
+           {with(96, 0, 0), "batch_tile = 96: expected 0 (chosen), 16, 32, 64, 128 or 256"},
+           {with(0, 0, -1), "max_blocks = -1: expected 0 (chosen) or more"},
+           {with(0, 3, 0), "blocks_per_sm = 3: expected 0 (chosen), 1 or 2"},
+           {with(128, 2, 0), "batch_tile = 128 with blocks_per_sm = 2: expected tiles of 16"},
+           {with(16, 1, 0), "batch_tile = 16 with blocks_per_sm = 1: expected"}}) {
     if (!hopper_visible()) break;  // the weight is refused first (no GPU, or not Hopper)
     const absl::Status run = fp4_gemm(nvfp4, placeholder(0x30000), 32, Activation::kBf16, nullptr,
                                       placeholder(0x40000), nullptr, options);
