@@ -1,17 +1,20 @@
-// fp4_gemm: y = x W^T (+ bias) for NVFP4 weights and bf16 activations at batches above
-// kFusedMaxBatch, on Hopper's warpgroup MMA (wgmma), reading the packed codes and scales
+// fp4_gemm: y = x W^T (+ bias) for NVFP4 or MXFP4 weights and bf16 activations at batches
+// above kFusedMaxBatch, on Hopper's warpgroup MMA (wgmma), reading the packed codes and scales
 // directly: no dequantized weight is written anywhere.
 //
 // Shape of the kernel (docs/fp4.md, "Above 16 batch rows"):
-//  - A tile is 128 weight rows x BN (64, 128 or 256) batch rows of y. In a block, warpgroup 0
-//    is the producer: one thread issues tensor memory accelerator (TMA) copies of each
-//    128-wide k step (x: two 64-k boxes of BN rows in the 128-byte swizzle; codes: 128 rows x
-//    64 bytes; scales: 128 rows x 16 bytes) into a ring of shared-memory stages (3 to 8, as
-//    many as fit), signalled by mbarriers. Warpgroups 1 and 2 consume 64 weight rows each.
+//  - A tile is 128 weight rows x BN (16, 32, 64, 128 or 256) batch rows of y. In a block,
+//    warpgroup 0 is the producer: one thread issues tensor memory accelerator (TMA) copies of
+//    each 128-wide k step (x: two 64-k boxes of BN rows in the 128-byte swizzle; codes: 128
+//    rows x 64 bytes; scales: 128 rows x 16 bytes, 2 steps of NVFP4 or 4 of MXFP4) into a ring
+//    of shared-memory stages (3 to 8, as many as fit), signalled by mbarriers. Warpgroups 1
+//    and 2 consume 64 weight rows each. Narrow tiles (BN 16 to 64) can run two blocks an SM.
 //  - The weight is wgmma's A operand, decoded into registers with the same bit operations as
 //    the mma.sync kernels (fp4_bit_decode.cuh): the E2M1 bits placed in a bf16 read as the value
-//    times 2^-126, multiplied by the block scale times 2^119, so every A element is the exact
-//    weight times 2^-7; the 2^7 and the tensor scale are given back in float32 at the end.
+//    times 2^-126. NVFP4: multiplied by the block scale times 2^119, so every A element is the
+//    exact weight times 2^-7; the 2^7 and the tensor scale are given back in float32 at the
+//    end. MXFP4: times 2^126, then the E8M0 scale (2^-127 .. 2^127, all exact in bf16), so A
+//    is the exact weight.
 //  - x is wgmma's B operand straight from shared memory. A lane's 16 code bytes of a step
 //    decode into its fragment in an order that is not k order, so x is first permuted once per
 //    call into that order, padded with zero rows to whole tiles (permute_x_kernel), and the
@@ -282,6 +285,16 @@ __device__ __forceinline__ uint32_t mul_bf16x2(uint32_t a, uint32_t b) {
   return r;
 }
 
+// 2^126 in both halves of a bf16 pair.
+constexpr uint32_t kBf16x2TwoTo126 = 0x7E807E80u;
+
+// An E8M0 byte as a bf16 pair holding 2^(e - 127) in both halves: exact for every e (2^-127
+// is a bf16 subnormal), and 0xFF is NaN.
+__device__ __forceinline__ uint32_t e8m0_to_scale_pair(uint32_t e) {
+  const uint32_t bits = e == 0 ? 0x0040u : e == 0xFFu ? 0x7FC0u : e << 7;
+  return bits | (bits << 16);
+}
+
 // Position within a 128-wide step of the lane-order index (slice s of 16, element e of 16):
 // lane t's words w = s / 2 and MMA u = s % 2 hold nibbles (3 - 2u, 7 - 2u) and (2 - 2u, 6 - 2u)
 // of byte-group 8 w of its 32 k (see e2m1_word_bits), in the A fragment's column order.
@@ -360,7 +373,7 @@ __device__ __forceinline__ void slot_barrier_sync() {
   asm volatile("bar.sync 2, %0;\n" ::"n"(kConsumerThreads + 32) : "memory");
 }
 
-template <int kBn, int kPerSm>
+template <int kBn, int kPerSm, Format kFormat>
 __global__ void __launch_bounds__(kGemmThreads, kPerSm)
     fp4_gemm_kernel(const __grid_constant__ CUtensorMap x_map,
                     const __grid_constant__ CUtensorMap code_map,
@@ -368,6 +381,9 @@ __global__ void __launch_bounds__(kGemmThreads, kPerSm)
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Layout = GemmLayout<kBn, kPerSm>;
   using Budget = GemmBudget<kPerSm>;
+  constexpr bool kMx = kFormat == Format::kMxfp4;
+  // A stage's scale box is 16 bytes of each row: 2 steps of NVFP4 scales, 4 of MXFP4.
+  constexpr int kStepsPerScaleBox = kMx ? 4 : 2;
   constexpr int kStages = Layout::kStages;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem =
@@ -464,8 +480,8 @@ __global__ void __launch_bounds__(kGemmThreads, kPerSm)
                     x_policy);
         tma_load_2d(stage + Layout::kCodeOffset, &code_map, full + 8 * s, 64 * j, row_block,
                     weight_policy);
-        tma_load_2d(stage + Layout::kScaleOffset, &scale_map, full + 8 * s, 16 * (j / 2), row_block,
-                    weight_policy);
+        tma_load_2d(stage + Layout::kScaleOffset, &scale_map, full + 8 * s,
+                    16 * (j / kStepsPerScaleBox), row_block, weight_policy);
       }
     }
     return;
@@ -483,24 +499,38 @@ __global__ void __launch_bounds__(kGemmThreads, kPerSm)
     mbarrier_wait(full + 8 * s, (it / kStages) & 1);
     const uint8_t* stage = smem + s * Layout::kStageBytes;
     const uint8_t* code_tile = stage + Layout::kCodeOffset + 16 * t;
-    const uint8_t* scale_tile = stage + Layout::kScaleOffset + 8 * (j % 2) + 2 * t;
+    // A lane's 32 k of a row are two NVFP4 blocks (two E4M3 bytes) or one MXFP4 block (one
+    // E8M0 byte).
+    const uint8_t* scale_tile = stage + Layout::kScaleOffset +
+                                (16 / kStepsPerScaleBox) * (j % kStepsPerScaleBox) +
+                                (kMx ? t : 2 * t);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       codes[h] = *reinterpret_cast<const uint4*>(code_tile + (local_row + 8 * h) * 64);
-      scales[h] = *reinterpret_cast<const uint16_t*>(scale_tile + (local_row + 8 * h) * 16);
+      const uint8_t* row_scales = scale_tile + (local_row + 8 * h) * 16;
+      scales[h] = kMx ? *row_scales : *reinterpret_cast<const uint16_t*>(row_scales);
     }
   };
   // The stage's x has been read by this warp's wgmmas: the producer may refill it.
   auto release = [&](int it) {
     if (lane == 0) mbarrier_arrive(empty + 8 * (it % kStages));
   };
+  // The E2M1 bits as bf16 read as the value times 2^-126. NVFP4's scales carry 2^119 (every A
+  // element is the weight times 2^-7, given back at the end); an E8M0 scale spans 2^-127 ..
+  // 2^127, so MXFP4 elements are first made exact (times 2^126) and A is the weight itself.
+  auto element = [](uint32_t bits) { return kMx ? mul_bf16x2(bits, kBf16x2TwoTo126) : bits; };
   // A fragments of half `half` of the step (4 slices of 16 k): words 2 half, 2 half + 1.
   auto decode_half = [&](int half, uint32_t(&a)[16]) {
-    uint32_t scale[2], pair[2];  // rows local_row, local_row + 8: half 0's and half 1's scale
+    uint32_t scale[2];  // rows local_row, local_row + 8: this half's block scale
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      e4m3_pair_to_scales(scales[h], pair[0], pair[1]);
-      scale[h] = pair[half];
+      if constexpr (kMx) {
+        scale[h] = e8m0_to_scale_pair(scales[h]);
+      } else {
+        uint32_t pair[2];  // half 0's and half 1's scale
+        e4m3_pair_to_scales(scales[h], pair[0], pair[1]);
+        scale[h] = pair[half];
+      }
     }
 #pragma unroll
     for (int ww = 0; ww < 2; ++ww) {
@@ -510,10 +540,10 @@ __global__ void __launch_bounds__(kGemmThreads, kPerSm)
 #pragma unroll
       for (int u = 0; u < 2; ++u) {
         uint32_t* f = a + 4 * (2 * ww + u);
-        f[0] = mul_bf16x2(lo[2 * u], scale[0]);
-        f[1] = mul_bf16x2(hi[2 * u], scale[1]);
-        f[2] = mul_bf16x2(lo[2 * u + 1], scale[0]);
-        f[3] = mul_bf16x2(hi[2 * u + 1], scale[1]);
+        f[0] = mul_bf16x2(element(lo[2 * u]), scale[0]);
+        f[1] = mul_bf16x2(element(hi[2 * u]), scale[1]);
+        f[2] = mul_bf16x2(element(lo[2 * u + 1]), scale[0]);
+        f[3] = mul_bf16x2(element(hi[2 * u + 1]), scale[1]);
       }
     }
   };
@@ -641,7 +671,7 @@ __global__ void __launch_bounds__(kGemmThreads, kPerSm)
     // stored as they are, a warp's store of one output each touches 4 pieces of 16 bytes (the
     // epilogue took ~5 us a tile when each output also computed its address, ~3 us through a
     // shared-memory transpose whose rounds each waited on the last).
-    const float out_scale = p.tensor_scale * kE2m1OutputBias;
+    const float out_scale = kMx ? 1.0f : p.tensor_scale * kE2m1OutputBias;
     float b[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -853,7 +883,7 @@ GemmPlan plan_gemm(int64_t batch, int64_t row_blocks, int64_t steps, int64_t sms
   return best;
 }
 
-template <int kBn, int kPerSm>
+template <int kBn, int kPerSm, Format kFormat>
 absl::Status launch_gemm(const DeviceWeightView& w, const uint16_t* xp, int64_t padded_batch,
                          const GemmParams& params, int blocks, cudaStream_t stream) {
   using Layout = GemmLayout<kBn, kPerSm>;
@@ -863,11 +893,12 @@ absl::Status launch_gemm(const DeviceWeightView& w, const uint16_t* xp, int64_t 
   VB_ASSIGN_OR_RETURN(const CUtensorMap code_map,
                       tensor_map(CU_TENSOR_MAP_DATA_TYPE_UINT8, w.codes, w.k / 2, w.n, w.k / 2, 64,
                                  kGemmRows, CU_TENSOR_MAP_SWIZZLE_NONE, "codes"));
+  const uint64_t scale_bytes = w.k / (kFormat == Format::kMxfp4 ? 32 : 16);  // of a row
   VB_ASSIGN_OR_RETURN(const CUtensorMap scale_map,
-                      tensor_map(CU_TENSOR_MAP_DATA_TYPE_UINT8, w.scales, w.k / 16, w.n, w.k / 16,
-                                 16, kGemmRows, CU_TENSOR_MAP_SWIZZLE_NONE, "scales"));
+                      tensor_map(CU_TENSOR_MAP_DATA_TYPE_UINT8, w.scales, scale_bytes, w.n,
+                                 scale_bytes, 16, kGemmRows, CU_TENSOR_MAP_SWIZZLE_NONE, "scales"));
   VB_RETURN_IF_ERROR(cuda_status(
-      cudaFuncSetAttribute(fp4_gemm_kernel<kBn, kPerSm>,
+      cudaFuncSetAttribute(fp4_gemm_kernel<kBn, kPerSm, kFormat>,
                            cudaFuncAttributeMaxDynamicSharedMemorySize, Layout::kSmemBytes),
       "cudaFuncSetAttribute(fp4_gemm)"));
   cudaLaunchConfig_t config{};
@@ -880,25 +911,51 @@ absl::Status launch_gemm(const DeviceWeightView& w, const uint16_t* xp, int64_t 
   early_start.val.programmaticStreamSerializationAllowed = 1;
   config.attrs = &early_start;
   config.numAttrs = 1;
-  return cuda_status(
-      cudaLaunchKernelEx(&config, fp4_gemm_kernel<kBn, kPerSm>, x_map, code_map, scale_map, params),
-      "fp4_gemm kernel launch");
+  return cuda_status(cudaLaunchKernelEx(&config, fp4_gemm_kernel<kBn, kPerSm, kFormat>, x_map,
+                                        code_map, scale_map, params),
+                     "fp4_gemm kernel launch");
+}
+
+// The kernel built for the plan's tile and blocks an SM.
+template <Format kFormat>
+absl::Status launch_planned(const GemmPlan& plan, const DeviceWeightView& w, const uint16_t* xp,
+                            int64_t padded_batch, const GemmParams& params, int blocks,
+                            cudaStream_t stream) {
+  switch (plan.batch_tile * 10 + plan.per_sm) {
+    case 162:
+      return launch_gemm<16, 2, kFormat>(w, xp, padded_batch, params, blocks, stream);
+    case 322:
+      return launch_gemm<32, 2, kFormat>(w, xp, padded_batch, params, blocks, stream);
+    case 642:
+      return launch_gemm<64, 2, kFormat>(w, xp, padded_batch, params, blocks, stream);
+    case 641:
+      return launch_gemm<64, 1, kFormat>(w, xp, padded_batch, params, blocks, stream);
+    case 1281:
+      return launch_gemm<128, 1, kFormat>(w, xp, padded_batch, params, blocks, stream);
+    default:
+      return launch_gemm<256, 1, kFormat>(w, xp, padded_batch, params, blocks, stream);
+  }
 }
 
 }  // namespace
 
 absl::Status fp4_gemm_supported(const DeviceWeightView& weight, int64_t batch, Activation type) {
   VB_RETURN_IF_ERROR(backends::fp4::check_shape(weight.format, weight.n, weight.k));
-  if (weight.format != Format::kNvfp4) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "fp4_gemm: weight format ", backends::fp4::format_name(weight.format), ": expected nvfp4"));
+  if (weight.format != Format::kNvfp4 && weight.format != Format::kMxfp4) {
+    return absl::InvalidArgumentError(absl::StrCat("fp4_gemm: weight format ",
+                                                   backends::fp4::format_name(weight.format),
+                                                   ": expected nvfp4 or mxfp4"));
   }
   if (type != Activation::kBf16) {
     return absl::InvalidArgumentError("fp4_gemm: fp16 activations: expected bf16");
   }
-  if (weight.k < 256 || weight.k % 256 != 0) {
+  // A row's scales are read in 16-byte boxes from rows a multiple of 16 bytes apart (the tensor
+  // map's rule): 256 k of NVFP4, 512 of MXFP4.
+  const int64_t k_multiple = weight.format == Format::kMxfp4 ? 512 : 256;
+  if (weight.k < k_multiple || weight.k % k_multiple != 0) {
     return absl::InvalidArgumentError(
-        absl::StrCat("fp4_gemm: k = ", weight.k, ": expected a positive multiple of 256"));
+        absl::StrCat("fp4_gemm: k = ", weight.k, ": expected a positive multiple of ", k_multiple,
+                     " for ", backends::fp4::format_name(weight.format)));
   }
   if (weight.n < 1 || weight.n > (int64_t{1} << 30) || weight.k > (int64_t{1} << 30)) {
     return absl::InvalidArgumentError(absl::StrCat("fp4_gemm: weight of ", weight.n, " x ",
@@ -1012,20 +1069,9 @@ absl::Status fp4_gemm(const DeviceWeightView& weight, const void* x, int64_t bat
     params.tile_counts = tile_counts;
     const int grid = static_cast<int>(plan.blocks);
     const int64_t rows = scratch.padded_batch;
-    switch (plan.batch_tile * 10 + plan.per_sm) {
-      case 162:
-        return launch_gemm<16, 2>(weight, xp, rows, params, grid, stream);
-      case 322:
-        return launch_gemm<32, 2>(weight, xp, rows, params, grid, stream);
-      case 642:
-        return launch_gemm<64, 2>(weight, xp, rows, params, grid, stream);
-      case 641:
-        return launch_gemm<64, 1>(weight, xp, rows, params, grid, stream);
-      case 1281:
-        return launch_gemm<128, 1>(weight, xp, rows, params, grid, stream);
-      default:
-        return launch_gemm<256, 1>(weight, xp, rows, params, grid, stream);
-    }
+    return weight.format == Format::kMxfp4
+               ? launch_planned<Format::kMxfp4>(plan, weight, xp, rows, params, grid, stream)
+               : launch_planned<Format::kNvfp4>(plan, weight, xp, rows, params, grid, stream);
   };
   const absl::Status status = permute_and_multiply();
   const absl::Status freed =

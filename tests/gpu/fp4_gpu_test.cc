@@ -12,6 +12,8 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "backends/cuda/copy_engine.h"
@@ -868,17 +870,19 @@ bool hopper_visible() {
          major == 9 && minor == 0;
 }
 
-// fp4_gemm on NVFP4 weights quantized from Gaussians whose rows span `decades` powers of ten
-// (the small rows' block scales reach E4M3's subnormals), against float64; run twice, the two
-// results must agree bit for bit (blocks sharing a tile add their sums in a fixed order).
+// fp4_gemm on NVFP4 (or MXFP4) weights quantized from Gaussians whose rows span `decades`
+// powers of ten (the small rows' NVFP4 block scales reach E4M3's subnormals), against float64;
+// run twice, the two results must agree bit for bit (blocks sharing a tile add their sums in a
+// fixed order).
 void check_gemm(int64_t n, int64_t k, int64_t batch, bool with_bias, int decades, unsigned seed,
-                GemmOptions options = {}, int64_t y_offset = 0) {
+                GemmOptions options = {}, int64_t y_offset = 0, Format format = Format::kNvfp4) {
   const std::string label =
-      "fp4_gemm n=" + std::to_string(n) + " k=" + std::to_string(k) +
-      " batch=" + std::to_string(batch) + (with_bias ? " +bias" : "") + " rows over " +
-      std::to_string(decades) + " decades, batch_tile " + std::to_string(options.batch_tile) +
-      ", blocks_per_sm " + std::to_string(options.blocks_per_sm) + ", max_blocks " +
-      std::to_string(options.max_blocks) + (options.l2_hints ? "" : ", no L2 hints") +
+      "fp4_gemm " + std::string(cpu::format_name(format)) + " n=" + std::to_string(n) +
+      " k=" + std::to_string(k) + " batch=" + std::to_string(batch) + (with_bias ? " +bias" : "") +
+      " rows over " + std::to_string(decades) + " decades, batch_tile " +
+      std::to_string(options.batch_tile) + ", blocks_per_sm " +
+      std::to_string(options.blocks_per_sm) + ", max_blocks " + std::to_string(options.max_blocks) +
+      (options.l2_hints ? "" : ", no L2 hints") +
       (options.word_stores ? "" : ", one bf16 a store") +
       (y_offset == 0 ? "" : ", y " + std::to_string(2 * y_offset) + " bytes into its buffer");
   std::vector<float> wf = gaussian(n * k, seed, 0.02f);
@@ -886,7 +890,7 @@ void check_gemm(int64_t n, int64_t k, int64_t batch, bool with_bias, int decades
     const float row_scale = std::pow(10.0f, -static_cast<float>(j % decades));
     for (int64_t i = 0; i < k; ++i) wf[j * k + i] *= row_scale;
   }
-  auto q = cpu::quantize(wf.data(), n, k, Format::kNvfp4);
+  auto q = cpu::quantize(wf.data(), n, k, format);
   ASSERT_TRUE(q.ok()) << q.status();
   std::vector<uint16_t> x, bias;
   for (float v : gaussian(batch * k, seed + 1, 1.0f)) x.push_back(cpu::float_to_bf16_bits(v));
@@ -962,6 +966,80 @@ TEST(Fp4GpuTest, GemmMatchesFloat64) {
   check_gemm(1000, 1024, 300, true, 4, seed++, GemmOptions{}, 1);
 }
 
+// MXFP4 through every batch tile (its scales: one E8M0 byte for a lane's 32 k, a box of 4
+// steps), the smallest k it takes, odd n, and tiles shared between blocks.
+TEST(Fp4GpuTest, GemmMxfp4MatchesFloat64) {
+  SKIP_WITHOUT_GPU();
+  if (!hopper_visible()) GTEST_SKIP() << "fp4_gemm needs a compute capability 9.0 GPU";
+  unsigned seed = 500;
+  for (const auto& [tile, per_sm, batch] : std::vector<std::tuple<int, int, int>>{
+           {16, 2, 5}, {32, 2, 20}, {64, 2, 50}, {64, 1, 100}, {128, 1, 130}, {256, 1, 300}}) {
+    GemmOptions options;
+    options.batch_tile = tile;
+    options.blocks_per_sm = per_sm;
+    check_gemm(384, 1024, batch, true, 3, seed++, options, 0, Format::kMxfp4);
+  }
+  check_gemm(256, 512, 17, true, 2, seed++, GemmOptions{}, 0, Format::kMxfp4);
+  check_gemm(301, 1536, 33, false, 4, seed++, GemmOptions{}, 0, Format::kMxfp4);
+  for (int blocks : {7, 13}) {
+    GemmOptions options;
+    options.batch_tile = 64;
+    options.max_blocks = blocks;
+    check_gemm(300, 1024, 70, true, 2, seed++, options, 0, Format::kMxfp4);
+  }
+}
+
+// MXFP4's E8M0 scales span 2^-127 .. 2^127, beyond what one bf16 multiplier can carry: rows
+// 2^-100 .. 2^100 in size, each checked on its own against float64. A NaN scale (0xFF) makes
+// its row NaN and leaves the other rows as they were.
+TEST(Fp4GpuTest, GemmMxfp4ScalesOverTheirWholeRange) {
+  SKIP_WITHOUT_GPU();
+  if (!hopper_visible()) GTEST_SKIP() << "fp4_gemm needs a compute capability 9.0 GPU";
+  const int64_t n = 300, k = 1024, batch = 40, nan_row = 7;
+  const int exponents[] = {-100, -50, 0, 50, 100};
+  std::vector<float> wf = gaussian(n * k, 600, 0.02f);
+  for (int64_t j = 0; j < n; ++j) {
+    for (int64_t i = 0; i < k; ++i) wf[j * k + i] = std::ldexp(wf[j * k + i], exponents[j % 5]);
+  }
+  auto q = cpu::quantize(wf.data(), n, k, Format::kMxfp4);
+  ASSERT_TRUE(q.ok()) << q.status();
+  q->scales[nan_row * (k / 32) + 3] = 0xFF;
+  std::vector<uint16_t> x;
+  for (float v : gaussian(batch * k, 601, 1.0f)) x.push_back(cpu::float_to_bf16_bits(v));
+  auto device = DeviceWeight::upload(*q);
+  ASSERT_TRUE(device.ok()) << device.status();
+  Buffer dx(x.size() * 2), dy(batch * n * 2);
+  dx.upload(x);
+  dy.upload(std::vector<uint16_t>(batch * n, 0));  // not NaN: a NaN output was written
+  const std::vector<double> ref = reference(x, batch, *q, {}, Activation::kBf16);
+  ASSERT_TRUE(
+      fp4_gemm((*device)->view(), dx.get(), batch, Activation::kBf16, nullptr, dy.get(), nullptr)
+          .ok());
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<uint16_t> y = dy.download<uint16_t>(batch * n);
+  for (int64_t j = 0; j < n; ++j) {
+    double num = 0, den = 0;
+    int64_t nans = 0;
+    for (int64_t b = 0; b < batch; ++b) {
+      const double v = cpu::bf16_bits_to_float(y[b * n + j]), r = ref[b * n + j];
+      if (std::isnan(v)) {
+        ++nans;
+        continue;
+      }
+      num += (v - r) * (v - r);
+      den += r * r;
+    }
+    if (j == nan_row) {
+      EXPECT_EQ(nans, batch) << "row " << j << " has a NaN block scale";
+      continue;
+    }
+    ASSERT_EQ(nans, 0) << "row " << j;
+    ASSERT_GT(den, 0.0) << "row " << j;
+    EXPECT_LT(std::sqrt(num / den), 1e-2)
+        << "row " << j << " (weights of size 2^" << exponents[j % 5] << ")";
+  }
+}
+
 // Grids that share tiles between blocks (stream-K) on 3 x 2 tiles of 8 steps: every tile
 // whole (1 block; 2: three waves), whole waves then tiles shared (4, 5), every tile shared and
 // runs that start and end inside one tile (7, 13, 47); then tiles of 2 steps.
@@ -1005,15 +1083,18 @@ TEST(Fp4OptionsTest, GemmRefusesWhatItCannotRun) {
     int64_t batch;
     Activation type;
   };
-  DeviceWeightView mxfp4 = nvfp4, short_k = nvfp4, odd_k = nvfp4, loose_codes = nvfp4,
-                   loose_scales = nvfp4;
-  mxfp4.format = Format::kMxfp4;
+  DeviceWeightView nf4 = nvfp4, mxfp4_k = nvfp4, short_k = nvfp4, odd_k = nvfp4,
+                   loose_codes = nvfp4, loose_scales = nvfp4;
+  nf4.format = Format::kNf4;
+  mxfp4_k.format = Format::kMxfp4;
+  mxfp4_k.k = 768;
   short_k.k = 128;
   odd_k.k = 768 + 128;
   loose_codes.codes += 8;
   loose_scales.scales = placeholder(0x20004);
   const std::vector<Case> cases = {
-      {"format mxfp4: expected nvfp4", mxfp4, 32, Activation::kBf16},
+      {"format nf4: expected nvfp4 or mxfp4", nf4, 32, Activation::kBf16},
+      {"k = 768: expected a positive multiple of 512 for mxfp4", mxfp4_k, 32, Activation::kBf16},
       {"fp16 activations: expected bf16", nvfp4, 32, Activation::kFp16},
       {"k = 128: expected a positive multiple of 256", short_k, 32, Activation::kBf16},
       {"k = 896: expected a positive multiple of 256", odd_k, 32, Activation::kBf16},
