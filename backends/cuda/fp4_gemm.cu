@@ -1,12 +1,13 @@
-// fp4_gemm: y = x W^T (+ bias) for NVFP4 or MXFP4 weights and bf16 activations at batches
-// above kFusedMaxBatch, on Hopper's warpgroup MMA (wgmma), reading the packed codes and scales
-// directly: no dequantized weight is written anywhere.
+// fp4_gemm: y = x W^T (+ bias) for 4-bit weights (NVFP4, MXFP4, NF4, bnb_fp4) and bf16
+// activations at batches above kFusedMaxBatch, on Hopper's warpgroup MMA (wgmma), reading the
+// packed codes and scales directly: no dequantized weight is written anywhere.
 //
 // Shape of the kernel (docs/fp4.md, "Above 16 batch rows"):
 //  - A tile is 128 weight rows x BN (16, 32, 64, 128 or 256) batch rows of y. In a block,
 //    warpgroup 0 is the producer: one thread issues tensor memory accelerator (TMA) copies of
 //    each 128-wide k step (x: two 64-k boxes of BN rows in the 128-byte swizzle; codes: 128
-//    rows x 64 bytes; scales: 128 rows x 16 bytes, 2 steps of NVFP4 or 4 of MXFP4) into a ring
+//    rows x 64 bytes; scales: 128 rows x 16 bytes, 2 steps of NVFP4, NF4 or bnb_fp4, 4 of
+//    MXFP4) into a ring
 //    of shared-memory stages (3 to 8, as many as fit), signalled by mbarriers. Warpgroups 1
 //    and 2 consume 64 weight rows each. Narrow tiles (BN 16 to 64) can run two blocks an SM.
 //  - The weight is wgmma's A operand, decoded into registers with the same bit operations as
@@ -14,7 +15,8 @@
 //    times 2^-126. NVFP4: multiplied by the block scale times 2^119, so every A element is the
 //    exact weight times 2^-7; the 2^7 and the tensor scale are given back in float32 at the
 //    end. MXFP4: times 2^126, then the E8M0 scale (2^-127 .. 2^127, all exact in bf16), so A
-//    is the exact weight.
+//    is the exact weight. NF4 and bnb_fp4: pairs of table values from a 256-entry table in
+//    shared memory, times the absmax; both rounded to bf16, as in the fused kernels.
 //  - x is wgmma's B operand straight from shared memory. A lane's 16 code bytes of a step
 //    decode into its fragment in an order that is not k order, so x is first permuted once per
 //    call into that order, padded with zero rows to whole tiles (permute_x_kernel), and the
@@ -82,15 +84,18 @@ struct GemmLayout {
   static constexpr int kCodeOffset = 2 * kXBoxBytes;
   static constexpr int kScaleOffset = kCodeOffset + kCodeTileBytes;
   static constexpr int kStageBytes = kScaleOffset + kScaleTileBytes;
+  // NF4 and bnb_fp4 decode through a table of 256 bf16 pairs (kTableBytes).
+  static constexpr int kTableBytes = 256 * 4;
   // As many stages as fit, at most 8 (one block an SM: 3 at BN 256, 5 at 128, 8 at 64; two:
-  // 4 at 64, 6 at 32, 7 at 16), after the barriers and 1024 bytes to realign the dynamic shared
-  // memory to the swizzle's 1024-byte atom.
-  static constexpr int kFit = (kMaxSmemBytes - 1024 - 16 * 8 - 16) / kStageBytes;
+  // 4 at 64, 6 at 32, 7 at 16), after the barriers, the table and 1024 bytes to realign the
+  // dynamic shared memory to the swizzle's 1024-byte atom.
+  static constexpr int kFit = (kMaxSmemBytes - 1024 - 16 * 8 - 16 - kTableBytes) / kStageBytes;
   static constexpr int kStages = kFit < 8 ? kFit : 8;
   static constexpr int kBarrierOffset = kStages * kStageBytes;
-  // Barriers, two ints (is the block last to finish its first / last shared segment),
-  // realignment.
-  static constexpr int kSmemBytes = kBarrierOffset + 16 * kStages + 16 + 1024;
+  // Barriers, two ints (is the block last to finish its first / last shared segment), the
+  // table, realignment.
+  static constexpr int kTableOffset = kBarrierOffset + 16 * kStages + 16;
+  static constexpr int kSmemBytes = kTableOffset + kTableBytes + 1024;
   static_assert(kStages >= 2 && kSmemBytes <= kMaxSmemBytes, "stages do not fit");
 };
 
@@ -382,7 +387,9 @@ __global__ void __launch_bounds__(kGemmThreads, kPerSm)
   using Layout = GemmLayout<kBn, kPerSm>;
   using Budget = GemmBudget<kPerSm>;
   constexpr bool kMx = kFormat == Format::kMxfp4;
-  // A stage's scale box is 16 bytes of each row: 2 steps of NVFP4 scales, 4 of MXFP4.
+  constexpr bool kTable = kFormat == Format::kNf4 || kFormat == Format::kBnbFp4;
+  // A stage's scale box is 16 bytes of each row: 2 steps of NVFP4 scales (a byte for 16 k) or
+  // of NF4 / bnb_fp4 scales (a float32 for 64 k), 4 of MXFP4 (a byte for 32 k).
   constexpr int kStepsPerScaleBox = kMx ? 4 : 2;
   constexpr int kStages = Layout::kStages;
   extern __shared__ uint8_t smem_raw[];
@@ -499,16 +506,20 @@ __global__ void __launch_bounds__(kGemmThreads, kPerSm)
     mbarrier_wait(full + 8 * s, (it / kStages) & 1);
     const uint8_t* stage = smem + s * Layout::kStageBytes;
     const uint8_t* code_tile = stage + Layout::kCodeOffset + 16 * t;
-    // A lane's 32 k of a row are two NVFP4 blocks (two E4M3 bytes) or one MXFP4 block (one
-    // E8M0 byte).
+    // A lane's 32 k of a row are two NVFP4 blocks (two E4M3 bytes), one MXFP4 block (one
+    // E8M0 byte) or half an NF4 / bnb_fp4 block (its float32 absmax).
     const uint8_t* scale_tile = stage + Layout::kScaleOffset +
                                 (16 / kStepsPerScaleBox) * (j % kStepsPerScaleBox) +
-                                (kMx ? t : 2 * t);
+                                (kMx      ? t
+                                 : kTable ? 4 * (t / 2)
+                                          : 2 * t);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       codes[h] = *reinterpret_cast<const uint4*>(code_tile + (local_row + 8 * h) * 64);
       const uint8_t* row_scales = scale_tile + (local_row + 8 * h) * 16;
-      scales[h] = kMx ? *row_scales : *reinterpret_cast<const uint16_t*>(row_scales);
+      scales[h] = kMx      ? *row_scales
+                  : kTable ? *reinterpret_cast<const uint32_t*>(row_scales)
+                           : *reinterpret_cast<const uint16_t*>(row_scales);
     }
   };
   // The stage's x has been read by this warp's wgmmas: the producer may refill it.
@@ -519,6 +530,27 @@ __global__ void __launch_bounds__(kGemmThreads, kPerSm)
   // element is the weight times 2^-7, given back at the end); an E8M0 scale spans 2^-127 ..
   // 2^127, so MXFP4 elements are first made exact (times 2^126) and A is the weight itself.
   auto element = [](uint32_t bits) { return kMx ? mul_bf16x2(bits, kBf16x2TwoTo126) : bits; };
+  // NF4 and bnb_fp4: entry lo | hi << 4 holds the table values of codes lo (low half) and hi
+  // (high half), rounded to bf16, as the fused kernels round them.
+  const uint32_t* pair_table = reinterpret_cast<const uint32_t*>(smem + Layout::kTableOffset);
+  if constexpr (kTable) {
+    reinterpret_cast<uint32_t*>(smem + Layout::kTableOffset)[consumer] =
+        bf16x2_bits(backends::fp4::element_to_float(kFormat, consumer & 15),
+                    backends::fp4::element_to_float(kFormat, consumer >> 4));
+    consumer_barrier();
+  }
+  // The four bf16 pairs of code word q, in e2m1_word_bits' order (pairs[i]: nibbles 3 - i
+  // and 7 - i).
+  auto word_pairs = [&](uint32_t q, uint32_t(&pairs)[4]) {
+    if constexpr (kTable) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        pairs[i] = pair_table[((q >> (12 - 4 * i)) & 0xFu) | ((q >> (24 - 4 * i)) & 0xF0u)];
+      }
+    } else {
+      e2m1_word_bits(q, pairs);
+    }
+  };
   // A fragments of half `half` of the step (4 slices of 16 k): words 2 half, 2 half + 1.
   auto decode_half = [&](int half, uint32_t(&a)[16]) {
     uint32_t scale[2];  // rows local_row, local_row + 8: this half's block scale
@@ -526,6 +558,9 @@ __global__ void __launch_bounds__(kGemmThreads, kPerSm)
     for (int h = 0; h < 2; ++h) {
       if constexpr (kMx) {
         scale[h] = e8m0_to_scale_pair(scales[h]);
+      } else if constexpr (kTable) {
+        const float absmax = __uint_as_float(scales[h]);
+        scale[h] = bf16x2_bits(absmax, absmax);
       } else {
         uint32_t pair[2];  // half 0's and half 1's scale
         e4m3_pair_to_scales(scales[h], pair[0], pair[1]);
@@ -535,8 +570,8 @@ __global__ void __launch_bounds__(kGemmThreads, kPerSm)
 #pragma unroll
     for (int ww = 0; ww < 2; ++ww) {
       uint32_t lo[4], hi[4];  // rows local_row, local_row + 8
-      e2m1_word_bits((&codes[0].x)[2 * half + ww], lo);
-      e2m1_word_bits((&codes[1].x)[2 * half + ww], hi);
+      word_pairs((&codes[0].x)[2 * half + ww], lo);
+      word_pairs((&codes[1].x)[2 * half + ww], hi);
 #pragma unroll
       for (int u = 0; u < 2; ++u) {
         uint32_t* f = a + 4 * (2 * ww + u);
@@ -671,7 +706,7 @@ __global__ void __launch_bounds__(kGemmThreads, kPerSm)
     // stored as they are, a warp's store of one output each touches 4 pieces of 16 bytes (the
     // epilogue took ~5 us a tile when each output also computed its address, ~3 us through a
     // shared-memory transpose whose rounds each waited on the last).
-    const float out_scale = kMx ? 1.0f : p.tensor_scale * kE2m1OutputBias;
+    const float out_scale = kMx || kTable ? 1.0f : p.tensor_scale * kE2m1OutputBias;
     float b[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -893,7 +928,8 @@ absl::Status launch_gemm(const DeviceWeightView& w, const uint16_t* xp, int64_t 
   VB_ASSIGN_OR_RETURN(const CUtensorMap code_map,
                       tensor_map(CU_TENSOR_MAP_DATA_TYPE_UINT8, w.codes, w.k / 2, w.n, w.k / 2, 64,
                                  kGemmRows, CU_TENSOR_MAP_SWIZZLE_NONE, "codes"));
-  const uint64_t scale_bytes = w.k / (kFormat == Format::kMxfp4 ? 32 : 16);  // of a row
+  // A row's scale bytes: k / 16 (NVFP4: a byte for 16 k; NF4, bnb_fp4: 4 for 64), k / 32 (MXFP4).
+  const uint64_t scale_bytes = w.k / (kFormat == Format::kMxfp4 ? 32 : 16);
   VB_ASSIGN_OR_RETURN(const CUtensorMap scale_map,
                       tensor_map(CU_TENSOR_MAP_DATA_TYPE_UINT8, w.scales, scale_bytes, w.n,
                                  scale_bytes, 16, kGemmRows, CU_TENSOR_MAP_SWIZZLE_NONE, "scales"));
@@ -941,16 +977,11 @@ absl::Status launch_planned(const GemmPlan& plan, const DeviceWeightView& w, con
 
 absl::Status fp4_gemm_supported(const DeviceWeightView& weight, int64_t batch, Activation type) {
   VB_RETURN_IF_ERROR(backends::fp4::check_shape(weight.format, weight.n, weight.k));
-  if (weight.format != Format::kNvfp4 && weight.format != Format::kMxfp4) {
-    return absl::InvalidArgumentError(absl::StrCat("fp4_gemm: weight format ",
-                                                   backends::fp4::format_name(weight.format),
-                                                   ": expected nvfp4 or mxfp4"));
-  }
   if (type != Activation::kBf16) {
     return absl::InvalidArgumentError("fp4_gemm: fp16 activations: expected bf16");
   }
   // A row's scales are read in 16-byte boxes from rows a multiple of 16 bytes apart (the tensor
-  // map's rule): 256 k of NVFP4, 512 of MXFP4.
+  // map's rule): 256 k of NVFP4, NF4 and bnb_fp4, 512 of MXFP4.
   const int64_t k_multiple = weight.format == Format::kMxfp4 ? 512 : 256;
   if (weight.k < k_multiple || weight.k % k_multiple != 0) {
     return absl::InvalidArgumentError(
@@ -1069,9 +1100,16 @@ absl::Status fp4_gemm(const DeviceWeightView& weight, const void* x, int64_t bat
     params.tile_counts = tile_counts;
     const int grid = static_cast<int>(plan.blocks);
     const int64_t rows = scratch.padded_batch;
-    return weight.format == Format::kMxfp4
-               ? launch_planned<Format::kMxfp4>(plan, weight, xp, rows, params, grid, stream)
-               : launch_planned<Format::kNvfp4>(plan, weight, xp, rows, params, grid, stream);
+    switch (weight.format) {
+      case Format::kMxfp4:
+        return launch_planned<Format::kMxfp4>(plan, weight, xp, rows, params, grid, stream);
+      case Format::kNf4:
+        return launch_planned<Format::kNf4>(plan, weight, xp, rows, params, grid, stream);
+      case Format::kBnbFp4:
+        return launch_planned<Format::kBnbFp4>(plan, weight, xp, rows, params, grid, stream);
+      default:
+        return launch_planned<Format::kNvfp4>(plan, weight, xp, rows, params, grid, stream);
+    }
   };
   const absl::Status status = permute_and_multiply();
   const absl::Status freed =

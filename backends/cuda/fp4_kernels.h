@@ -15,7 +15,7 @@
 //    kernel (NVFP4 + bf16, batch <= 16: blocks own chunks of k, added in a thread block
 //    cluster or by a second kernel); LinearOptions picks one, the defaults are the measured best
 //    (docs/fp4.md).
-//  - fp4_gemm (fp4_gemm.cu): above 16 rows, NVFP4 or MXFP4 with bf16 activations on Hopper, a
+//  - fp4_gemm (fp4_gemm.cu): above 16 rows, every format with bf16 activations on Hopper, a
 //    warpgroup-MMA (wgmma) GEMM that decodes the packed weight into its A operand, fed by the
 //    tensor memory accelerator. Where it does not apply (fp4_gemm_supported says why), callers
 //    dequantize to bf16 into a scratch buffer (dequantize_to_bf16) and run a bf16 GEMM
@@ -136,8 +136,8 @@ absl::Status fp4_linear(const DeviceWeightView& weight, const void* x, int64_t b
                         Activation type, const void* bias, void* y, cudaStream_t stream,
                         LinearOptions options = {});
 
-// OK where fp4_gemm can run this weight at this batch on the current device: NVFP4 (k a
-// positive multiple of 256) or MXFP4 (of 512), bf16 activations, codes and scales 16-byte
+// OK where fp4_gemm can run this weight at this batch on the current device: k a positive
+// multiple of 256 (MXFP4: of 512), bf16 activations, codes and scales 16-byte
 // aligned, a compute capability 9.0 GPU (the kernel is built for sm_90a). Otherwise
 // INVALID_ARGUMENT or FAILED_PRECONDITION naming the field and what was expected.
 absl::Status fp4_gemm_supported(const DeviceWeightView& weight, int64_t batch, Activation type);

@@ -117,27 +117,30 @@ TEST_F(CudaDaemonTest, BFloat16WithinOnePercent) {
   }
 }
 
-// A 4-bit Linear on the daemon's GPU in bf16 at batches on both sides of 16 (the fused
-// kernels; above 16 fp4_gemm on Hopper, else dequantize + GEMM), with the rows in a 3-D input,
-// against float64 on the layer's own dequantized weight.
+// A 4-bit Linear of every format on the daemon's GPU in bf16 at batches on both sides of 16
+// (the fused kernels; above 16 fp4_gemm on Hopper, else dequantize + GEMM), with the rows in a
+// 3-D input, against float64 on the layer's own dequantized weight.
 TEST_F(CudaDaemonTest, Fp4LinearMatchesFloat64AtEveryBatch) {
   SKIP_WITHOUT_GPU();
   torch::NoGradGuard no_grad;
-  nn::FP4Linear layer(nn::FP4LinearOptions(1024, 384), remote_only());
-  const at::Tensor w64 = layer->dequantized_weight().to(at::kDouble);
-  const at::Tensor b64 = layer->bias.to(at::kDouble);
-  uint64_t calls = 0;
-  for (int64_t rows : {5, 40, 300}) {
-    const at::Tensor x = torch::randn({2, rows / 2 + rows % 2, 1024}).to(at::kBFloat16);
-    const at::Tensor y = layer(x);
-    ASSERT_EQ(y.scalar_type(), at::kBFloat16);
-    ASSERT_EQ(y.sizes(), (std::vector<int64_t>{2, rows / 2 + rows % 2, 384}));
-    const at::Tensor ref = at::linear(x.to(at::kDouble), w64, b64);
-    const double error = relative_error(y, ref);
-    std::printf("fp4 nvfp4 bf16 %ld rows on vbd: relative error %.2e\n",
-                static_cast<long>(x.numel() / 1024), error);
-    EXPECT_LT(error, 1e-2) << rows << " rows";
-    EXPECT_EQ(layer->get_stats().remote_calls(), ++calls) << "not served by the daemon";
+  for (const char* format : {"nvfp4", "mxfp4", "nf4", "bnb_fp4"}) {
+    nn::FP4Linear layer(nn::FP4LinearOptions(1024, 384).format(format), remote_only());
+    const at::Tensor w64 = layer->dequantized_weight().to(at::kDouble);
+    const at::Tensor b64 = layer->bias.to(at::kDouble);
+    uint64_t calls = 0;
+    for (int64_t rows : {5, 40, 300}) {
+      const at::Tensor x = torch::randn({2, rows / 2 + rows % 2, 1024}).to(at::kBFloat16);
+      const at::Tensor y = layer(x);
+      ASSERT_EQ(y.scalar_type(), at::kBFloat16);
+      ASSERT_EQ(y.sizes(), (std::vector<int64_t>{2, rows / 2 + rows % 2, 384}));
+      const at::Tensor ref = at::linear(x.to(at::kDouble), w64, b64);
+      const double error = relative_error(y, ref);
+      std::printf("fp4 %s bf16 %ld rows on vbd: relative error %.2e\n", format,
+                  static_cast<long>(x.numel() / 1024), error);
+      EXPECT_LT(error, 1e-2) << format << ", " << rows << " rows";
+      EXPECT_EQ(layer->get_stats().remote_calls(), ++calls)
+          << format << ": not served by the daemon";
+    }
   }
 }
 

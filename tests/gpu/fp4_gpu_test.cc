@@ -966,26 +966,30 @@ TEST(Fp4GpuTest, GemmMatchesFloat64) {
   check_gemm(1000, 1024, 300, true, 4, seed++, GemmOptions{}, 1);
 }
 
-// MXFP4 through every batch tile (its scales: one E8M0 byte for a lane's 32 k, a box of 4
-// steps), the smallest k it takes, odd n, and tiles shared between blocks.
-TEST(Fp4GpuTest, GemmMxfp4MatchesFloat64) {
+// MXFP4 (its scales: one E8M0 byte for a lane's 32 k, a box of 4 steps), NF4 and bnb_fp4
+// (a float32 absmax for 64 k, values from a table) through every batch tile, the smallest k
+// each takes, odd n, and tiles shared between blocks.
+TEST(Fp4GpuTest, GemmOtherFormatsMatchFloat64) {
   SKIP_WITHOUT_GPU();
   if (!hopper_visible()) GTEST_SKIP() << "fp4_gemm needs a compute capability 9.0 GPU";
   unsigned seed = 500;
-  for (const auto& [tile, per_sm, batch] : std::vector<std::tuple<int, int, int>>{
-           {16, 2, 5}, {32, 2, 20}, {64, 2, 50}, {64, 1, 100}, {128, 1, 130}, {256, 1, 300}}) {
-    GemmOptions options;
-    options.batch_tile = tile;
-    options.blocks_per_sm = per_sm;
-    check_gemm(384, 1024, batch, true, 3, seed++, options, 0, Format::kMxfp4);
-  }
-  check_gemm(256, 512, 17, true, 2, seed++, GemmOptions{}, 0, Format::kMxfp4);
-  check_gemm(301, 1536, 33, false, 4, seed++, GemmOptions{}, 0, Format::kMxfp4);
-  for (int blocks : {7, 13}) {
-    GemmOptions options;
-    options.batch_tile = 64;
-    options.max_blocks = blocks;
-    check_gemm(300, 1024, 70, true, 2, seed++, options, 0, Format::kMxfp4);
+  for (Format format : {Format::kMxfp4, Format::kNf4, Format::kBnbFp4}) {
+    for (const auto& [tile, per_sm, batch] : std::vector<std::tuple<int, int, int>>{
+             {16, 2, 5}, {32, 2, 20}, {64, 2, 50}, {64, 1, 100}, {128, 1, 130}, {256, 1, 300}}) {
+      GemmOptions options;
+      options.batch_tile = tile;
+      options.blocks_per_sm = per_sm;
+      check_gemm(384, 1024, batch, true, 3, seed++, options, 0, format);
+    }
+    const int64_t smallest_k = format == Format::kMxfp4 ? 512 : 256;
+    check_gemm(256, smallest_k, 17, true, 2, seed++, GemmOptions{}, 0, format);
+    check_gemm(301, 3 * smallest_k, 33, false, 4, seed++, GemmOptions{}, 0, format);
+    for (int blocks : {7, 13}) {
+      GemmOptions options;
+      options.batch_tile = 64;
+      options.max_blocks = blocks;
+      check_gemm(300, 1024, 70, true, 2, seed++, options, 0, format);
+    }
   }
 }
 
@@ -1083,9 +1087,8 @@ TEST(Fp4OptionsTest, GemmRefusesWhatItCannotRun) {
     int64_t batch;
     Activation type;
   };
-  DeviceWeightView nf4 = nvfp4, mxfp4_k = nvfp4, short_k = nvfp4, odd_k = nvfp4,
-                   loose_codes = nvfp4, loose_scales = nvfp4;
-  nf4.format = Format::kNf4;
+  DeviceWeightView mxfp4_k = nvfp4, short_k = nvfp4, odd_k = nvfp4, loose_codes = nvfp4,
+                   loose_scales = nvfp4;
   mxfp4_k.format = Format::kMxfp4;
   mxfp4_k.k = 768;
   short_k.k = 128;
@@ -1093,7 +1096,6 @@ TEST(Fp4OptionsTest, GemmRefusesWhatItCannotRun) {
   loose_codes.codes += 8;
   loose_scales.scales = placeholder(0x20004);
   const std::vector<Case> cases = {
-      {"format nf4: expected nvfp4 or mxfp4", nf4, 32, Activation::kBf16},
       {"k = 768: expected a positive multiple of 512 for mxfp4", mxfp4_k, 32, Activation::kBf16},
       {"fp16 activations: expected bf16", nvfp4, 32, Activation::kFp16},
       {"k = 128: expected a positive multiple of 256", short_k, 32, Activation::kBf16},
