@@ -7,9 +7,9 @@
 //    warpgroup 0 is the producer: one thread issues tensor memory accelerator (TMA) copies of
 //    each 128-wide k step (x: two 64-k boxes of BN rows in the 128-byte swizzle; codes: 128
 //    rows x 64 bytes; scales: 128 rows x 16 bytes, 2 steps of NVFP4, NF4 or bnb_fp4, 4 of
-//    MXFP4) into a ring
-//    of shared-memory stages (3 to 8, as many as fit), signalled by mbarriers. Warpgroups 1
-//    and 2 consume 64 weight rows each. Narrow tiles (BN 16 to 64) can run two blocks an SM.
+//    MXFP4) into a ring of shared-memory stages (3 to 8, as many as fit), signalled by
+//    mbarriers. Warpgroups 1 and 2 consume 64 weight rows each. Narrow tiles (BN 16 to 64) can
+//    run two blocks an SM.
 //  - The weight is wgmma's A operand, decoded into registers with the same bit operations as
 //    the mma.sync kernels (fp4_bit_decode.cuh): the E2M1 bits placed in a bf16 read as the value
 //    times 2^-126. NVFP4: multiplied by the block scale times 2^119, so every A element is the
@@ -59,8 +59,8 @@ constexpr int kCodeTileBytes = kGemmRows * 64;  // codes of one 128-wide k step
 // gets its own copy, so a block's run of steps may start on either step of a pair.
 constexpr int kScaleTileBytes = kGemmRows * 16;
 
-// What a block may hold at kPerSm blocks an SM (1, or 2 for the narrow tiles, whose steps are
-// short enough that one block's two consumer warpgroups cannot hide their own latency).
+// What a block may hold at kPerSm blocks an SM (1, or 2 for the narrow tiles, where two
+// blocks measured faster: docs/fp4.md).
 //  - Registers: the kernel is built for 64 Ki / (384 kPerSm) registers a thread, rounded down
 //    to 8 (168, 80); setmaxnreg moves part of the producer warpgroup's share to the consumers
 //    within the block's total.
@@ -84,7 +84,8 @@ struct GemmLayout {
   static constexpr int kCodeOffset = 2 * kXBoxBytes;
   static constexpr int kScaleOffset = kCodeOffset + kCodeTileBytes;
   static constexpr int kStageBytes = kScaleOffset + kScaleTileBytes;
-  // NF4 and bnb_fp4 decode through a table of 256 bf16 pairs (kTableBytes).
+  // NF4 and bnb_fp4 decode through a table of 256 bf16 pairs. Every build keeps room for it:
+  // it costs no stage at any tile.
   static constexpr int kTableBytes = 256 * 4;
   // As many stages as fit, at most 8 (one block an SM: 3 at BN 256, 5 at 128, 8 at 64; two:
   // 4 at 64, 6 at 32, 7 at 16), after the barriers, the table and 1024 bytes to realign the
@@ -875,9 +876,9 @@ struct TileShape {
 };
 // Two blocks an SM pay off on narrow tiles: at 28672 x 8192, 17-32 batch rows took 75.9-76.1
 // us in tiles of 32 at two blocks an SM against 89.9 us in tiles of 64 at one (fp4_bench
-// --gemm). At 8192 x 8192, 64 rows, the model picks 64 x 2 where 64 x 1
-// measured ~6% faster (38.2 against 36.1 us); at 28672 x 8192 it is the other way round (86-88
-// against 91-92 us), and one step cost cannot fit both.
+// --gemm). At 8192 x 8192, 64 rows, the model picks 64 x 2 where 64 x 1 measured ~6% faster
+// (38.2 against 36.1 us); at 28672 x 8192 it is the other way round (86-88 against 91-92 us),
+// and one step cost cannot fit both.
 constexpr TileShape kTileShapes[] = {{16, 2, 1.05}, {32, 2, 1.2},  {64, 2, 1.45},
                                      {64, 1, 0.9},  {128, 1, 1.1}, {256, 1, 1.6}};
 constexpr double kSharedStep = 1.3;
@@ -928,7 +929,8 @@ absl::Status launch_gemm(const DeviceWeightView& w, const uint16_t* xp, int64_t 
   VB_ASSIGN_OR_RETURN(const CUtensorMap code_map,
                       tensor_map(CU_TENSOR_MAP_DATA_TYPE_UINT8, w.codes, w.k / 2, w.n, w.k / 2, 64,
                                  kGemmRows, CU_TENSOR_MAP_SWIZZLE_NONE, "codes"));
-  // A row's scale bytes: k / 16 (NVFP4: a byte for 16 k; NF4, bnb_fp4: 4 for 64), k / 32 (MXFP4).
+  // A row's scale bytes: k / 16 (NVFP4: a byte for 16 k; NF4, bnb_fp4: 4 for 64) or k / 32
+  // (MXFP4: a byte for 32 k).
   const uint64_t scale_bytes = w.k / (kFormat == Format::kMxfp4 ? 32 : 16);
   VB_ASSIGN_OR_RETURN(const CUtensorMap scale_map,
                       tensor_map(CU_TENSOR_MAP_DATA_TYPE_UINT8, w.scales, scale_bytes, w.n,
