@@ -208,8 +208,9 @@ class CudaBackend final : public Backend {
   CudaBackend() = default;
 
   // y = x W^T (+ bias) from a 4-bit blob resident on the device: the fused kernel reads the
-  // packed weight directly for up to kFusedMaxBatch rows; above that the weight is expanded
-  // to bf16 once per call and multiplied by cuBLAS (through LibTorch), which wins there.
+  // packed weight directly for up to kFusedMaxBatch rows; above that fp4_gemm does, for bf16
+  // on Hopper, and elsewhere the weight is expanded once per call and multiplied by cuBLAS
+  // (through LibTorch).
   static absl::StatusOr<NamedTensors> fp4_linear(const OpArgs& args,
                                                  const c10::cuda::CUDAStream& stream) {
     const at::Tensor& blob = args.weights.at(0);

@@ -72,7 +72,8 @@ class DeviceWeight {
 // The 16-bit type of x, bias and y.
 enum class Activation { kBf16, kFp16 };
 
-// Largest batch fp4_linear takes; larger batches go through dequantize_to_bf16 + a GEMM.
+// Largest batch fp4_linear takes; larger batches go through fp4_gemm (bf16 on Hopper) or
+// dequantize_to_bf16 + a GEMM.
 constexpr int64_t kFusedMaxBatch = 16;
 
 // out: n * k float32 (16-byte aligned), on `stream`.

@@ -870,8 +870,8 @@ bool hopper_visible() {
          major == 9 && minor == 0;
 }
 
-// fp4_gemm on NVFP4 (or MXFP4) weights quantized from Gaussians whose rows span `decades`
-// powers of ten (the small rows' NVFP4 block scales reach E4M3's subnormals), against float64;
+// fp4_gemm on weights of `format` quantized from Gaussians whose rows span `decades` powers
+// of ten (the small rows' NVFP4 block scales reach E4M3's subnormals), against float64;
 // run twice, the two results must agree bit for bit (blocks sharing a tile add their sums in a
 // fixed order).
 void check_gemm(int64_t n, int64_t k, int64_t batch, bool with_bias, int decades, unsigned seed,
